@@ -1,0 +1,66 @@
+//! `JobHandle`: the caller's end of one job's outcome.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::JobId;
+use crate::outcome::Outcome;
+
+/// Resolves to the job's [`Outcome`]; can cancel the job.
+///
+/// Dropping the handle does not cancel the job: it runs on, and its outcome
+/// is still counted and passed to the hook.
+///
+/// If the runtime that runs the pool is dropped while the job is queued or
+/// running, the handle resolves to [`Outcome::Abandoned`] with 0 attempts.
+///
+/// # Cancel safety
+///
+/// Awaiting the handle is cancel safe: drop the future, keep the handle,
+/// await it again.
+#[must_use = "a JobHandle does nothing unless awaited; dropping it does not cancel the job"]
+pub struct JobHandle<P = Bytes> {
+    pub(crate) id: JobId,
+    pub(crate) rx: oneshot::Receiver<Outcome<P>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl<P> JobHandle<P> {
+    /// The job's ID.
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
+    /// Cancels this one job. Still queued (or waiting to retry): it never runs
+    /// (again) and ends [`Outcome::Cancelled`]. Running: its
+    /// [`JobContext`](crate::JobContext) signal fires; if it then returns an
+    /// error it ends `Cancelled`, if it returns `Ok` it ends `Succeeded`.
+    /// Already finished: nothing happens.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+impl<P> Future for JobHandle<P> {
+    type Output = Outcome<P>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Outcome::Abandoned { attempts: 0 }))
+    }
+}
+
+impl<P> fmt::Debug for JobHandle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}

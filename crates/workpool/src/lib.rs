@@ -1,0 +1,151 @@
+//! A bounded pool of workers for tokio, with its promises written down and
+//! tested: no job is lost, shutdown always returns, the queue pushes back
+//! instead of growing, one bad job cannot hurt the others, and every failure
+//! is counted and kept.
+//!
+//! # Hello, pool
+//!
+//! ```
+//! use std::time::Duration;
+//! use workpool::{Job, Pool};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = Pool::builder()
+//!     .workers(3)
+//!     .queue_capacity(100)
+//!     .build(|job: Job, _ctx| async move {
+//!         println!("job {} has {} bytes", job.id(), job.payload().len());
+//!         Ok::<_, std::io::Error>(())
+//!     })?;
+//!
+//! for i in 1..=5u64 {
+//!     pool.submit_detached(Job::with_id(i, "payload".into())).await?;
+//! }
+//! let report = pool.shutdown(Duration::from_secs(10)).await;
+//! assert_eq!(report.stats().succeeded, 5);
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Job`] carries an ID, a payload ([`bytes::Bytes`] by default, any
+//! `Send + 'static` type if you choose), and optionally its own timeout and
+//! [`RetryPolicy`]. The handler gets the job and a [`JobContext`] and returns
+//! `Result<(), E>` for any error type.
+//!
+//! # Backpressure
+//!
+//! The queue is bounded ([`PoolBuilder::queue_capacity`]). When it is full:
+//! [`Pool::submit`] waits for room, [`Pool::try_submit`] fails at once with
+//! [`TrySubmitError::Full`], and [`Pool::submit_timeout`] gives up after its
+//! timeout. A refused job always comes back inside the error:
+//!
+//! ```
+//! # use workpool::{Job, Pool, TrySubmitError};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = Pool::builder().workers(1).queue_capacity(1)
+//!     .build(|_job: Job, _ctx| std::future::pending::<Result<(), std::io::Error>>())?;
+//! pool.try_submit_detached(Job::with_id(1, "a".into()))?;   // queued
+//! match pool.try_submit_detached(Job::with_id(2, "b".into())) {
+//!     Err(TrySubmitError::Full(job)) => assert_eq!(job.id().to_string(), "2"),
+//!     other => panic!("expected Full, got {other:?}"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Outcomes and handles
+//!
+//! Every accepted job reaches exactly one [`Outcome`]: `Succeeded`, `Failed`,
+//! `Panicked`, `TimedOut`, `Cancelled`, `Unstarted` (handed back at shutdown)
+//! or `Abandoned` (ignored cancellation past the grace period).
+//! [`Pool::submit`] returns a [`JobHandle`] that resolves to it and can
+//! [cancel](JobHandle::cancel) the job; [`Pool::submit_detached`] allocates no
+//! handle. Either way the outcome is counted in [`Pool::stats`] and passed to
+//! the hook set with [`PoolBuilder::on_outcome`].
+//!
+//! # Shutdown
+//!
+//! [`Pool::shutdown`] goes through `Running → Draining → Cancelling →
+//! Stopped`: it refuses new jobs, lets queued and running jobs finish until
+//! its timeout, then fires every running job's signal and hands back what is
+//! queued, then after the grace period abandons what still runs. It always
+//! returns, with a [`ShutdownReport`]: counts per outcome, the jobs that did
+//! not finish and why, the unstarted jobs themselves so you can store them,
+//! and the time taken. [`Pool::shutdown_without_draining`] hands queued jobs
+//! back at once. With the `signal` feature, [`signal::shutdown_on_signal`]
+//! does this on SIGINT/SIGTERM, and a second signal cancels at once.
+//!
+//! # Panics, timeouts, cancellation
+//!
+//! A handler that panics ends its own job as `Panicked`; its worker goes on.
+//! A job's deadline ([`Job::with_timeout`], [`PoolBuilder::default_timeout`])
+//! fires its context's signal ([`JobContext::cancelled`],
+//! [`JobContext::is_cancelled`]); a job that keeps running past the grace
+//! period is dropped and ends `TimedOut`. Failed attempts are retried with
+//! exponential backoff and full jitter, without holding a worker while they
+//! wait; [`permanent`] marks an error that must not be retried.
+//!
+//! # Blocking work
+//!
+//! [`PoolBuilder::build_blocking`] takes a synchronous handler and runs it on
+//! plain threads, one per worker, never on the runtime's threads. A blocking
+//! handler that never checks its signal is let go at its deadline or at
+//! shutdown and does not keep the process from exiting. An *async* handler
+//! that blocks without yielding is different: it holds a runtime thread, and
+//! dropping the runtime (the end of `#[tokio::main]`) waits for it, so the
+//! process does not exit. Put such work in a blocking handler.
+//!
+//! # Errors you can read
+//!
+//! [`Pool::stats`] gives counters (accepted, rejected, queued, running, per
+//! outcome, retried); [`Pool::recent_failures`] the last failed attempts with
+//! ID, attempt and error text. Each attempt runs in a `tracing` span `job`
+//! with fields `id` and `attempt`.
+//!
+//! # Features
+//!
+//! - `signal`: [`signal::shutdown_on_signal`].
+//! - `metrics`: the counter `workpool_jobs_total{outcome}` and the histogram
+//!   `workpool_job_duration_seconds` through the [`metrics`](https://docs.rs/metrics) facade.
+//!
+//! # When not to use this
+//!
+//! - Fire a few tasks and wait for all of them: tokio's `JoinSet` or
+//!   tokio-util's `TaskTracker` are simpler.
+//! - CPU-bound data parallelism (split a slice, map, reduce): rayon.
+//! - Plain threads with no async runtime: the `threadpool` crate or a
+//!   crossbeam channel.
+//! - Jobs that must survive a crash of the process: workpool's queue is in
+//!   memory today; shutdown hands unstarted jobs back for you to store.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod context;
+mod error;
+mod handle;
+mod handler;
+mod job;
+mod outcome;
+mod pool;
+mod queue;
+mod retry;
+mod shared;
+mod shutdown;
+#[cfg(feature = "signal")]
+pub mod signal;
+mod stats;
+mod worker;
+
+pub use bytes::Bytes;
+
+pub use crate::context::{CancelReason, JobContext};
+pub use crate::error::{BuildError, ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError};
+pub use crate::handle::JobHandle;
+pub use crate::handler::{BoxError, Handler, Permanent, permanent};
+pub use crate::job::{Job, JobId};
+pub use crate::outcome::{Completion, Outcome, OutcomeKind};
+pub use crate::pool::{Pool, PoolBuilder};
+pub use crate::retry::RetryPolicy;
+pub use crate::shutdown::{NotFinished, ShutdownReport, UnstartedJob};
+pub use crate::stats::{Failure, Stats};

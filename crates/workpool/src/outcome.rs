@@ -1,0 +1,218 @@
+//! Outcomes: the one terminal result every accepted job reaches.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::handler::BoxError;
+use crate::job::{Job, JobId};
+
+/// How a job ended. Every accepted job reaches exactly one.
+pub enum Outcome<P = Bytes> {
+    /// The handler returned `Ok`.
+    Succeeded {
+        /// Attempts made, the successful one included.
+        attempts: u32,
+    },
+    /// The handler returned an error on its last attempt.
+    Failed {
+        /// The last attempt's error.
+        error: BoxError,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The handler panicked on its last attempt. The worker went on.
+    Panicked {
+        /// The panic message (`"<non-string panic payload>"` if it was not text).
+        message: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The last attempt passed its deadline.
+    TimedOut {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The job was cancelled through its handle, or stopped at shutdown after
+    /// its signal fired.
+    Cancelled {
+        /// Attempts made (0 if it was cancelled before it ran).
+        attempts: u32,
+    },
+    /// The job did not (again) run because the pool shut down: it comes back so
+    /// it can be stored and retried later.
+    Unstarted {
+        /// The job itself, as submitted.
+        job: Job<P>,
+        /// Attempts already made (non-zero for a job that was waiting to retry).
+        attempts: u32,
+    },
+    /// The job ignored its cancellation signal past the grace period and was
+    /// given up on at shutdown. A blocking handler may still be running on its
+    /// own thread; an async one has been dropped.
+    Abandoned {
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+impl<P> Outcome<P> {
+    /// The kind of outcome, without its data.
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Outcome::Succeeded { .. } => OutcomeKind::Succeeded,
+            Outcome::Failed { .. } => OutcomeKind::Failed,
+            Outcome::Panicked { .. } => OutcomeKind::Panicked,
+            Outcome::TimedOut { .. } => OutcomeKind::TimedOut,
+            Outcome::Cancelled { .. } => OutcomeKind::Cancelled,
+            Outcome::Unstarted { .. } => OutcomeKind::Unstarted,
+            Outcome::Abandoned { .. } => OutcomeKind::Abandoned,
+        }
+    }
+
+    /// Attempts made.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Outcome::Succeeded { attempts }
+            | Outcome::Failed { attempts, .. }
+            | Outcome::Panicked { attempts, .. }
+            | Outcome::TimedOut { attempts }
+            | Outcome::Cancelled { attempts }
+            | Outcome::Unstarted { attempts, .. }
+            | Outcome::Abandoned { attempts } => *attempts,
+        }
+    }
+
+    /// Whether the job succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded { .. })
+    }
+
+    /// The job, if it came back unstarted.
+    pub fn into_unstarted(self) -> Option<Job<P>> {
+        match self {
+            Outcome::Unstarted { job, .. } => Some(job),
+            _ => None,
+        }
+    }
+}
+
+impl<P> fmt::Debug for Outcome<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Failed { error, attempts } => f
+                .debug_struct("Failed")
+                .field("error", &error.to_string())
+                .field("attempts", attempts)
+                .finish(),
+            Outcome::Panicked { message, attempts } => f
+                .debug_struct("Panicked")
+                .field("message", message)
+                .field("attempts", attempts)
+                .finish(),
+            Outcome::Unstarted { job, attempts } => f
+                .debug_struct("Unstarted")
+                .field("job", job)
+                .field("attempts", attempts)
+                .finish(),
+            other => f
+                .debug_struct(other.kind().as_str())
+                .field("attempts", &other.attempts())
+                .finish(),
+        }
+    }
+}
+
+impl<P> fmt::Display for Outcome<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Failed { error, attempts } => {
+                write!(f, "failed after {attempts} attempt(s): {error}")
+            }
+            Outcome::Panicked { message, .. } => write!(f, "panicked: {message}"),
+            other => f.write_str(other.kind().as_str()),
+        }
+    }
+}
+
+/// The kind of an [`Outcome`], without its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutcomeKind {
+    /// See [`Outcome::Succeeded`].
+    Succeeded,
+    /// See [`Outcome::Failed`].
+    Failed,
+    /// See [`Outcome::Panicked`].
+    Panicked,
+    /// See [`Outcome::TimedOut`].
+    TimedOut,
+    /// See [`Outcome::Cancelled`].
+    Cancelled,
+    /// See [`Outcome::Unstarted`].
+    Unstarted,
+    /// See [`Outcome::Abandoned`].
+    Abandoned,
+}
+
+impl OutcomeKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [OutcomeKind; 7] = [
+        OutcomeKind::Succeeded,
+        OutcomeKind::Failed,
+        OutcomeKind::Panicked,
+        OutcomeKind::TimedOut,
+        OutcomeKind::Cancelled,
+        OutcomeKind::Unstarted,
+        OutcomeKind::Abandoned,
+    ];
+
+    /// A lowercase name: `"succeeded"`, `"timed_out"`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Succeeded => "succeeded",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::Panicked => "panicked",
+            OutcomeKind::TimedOut => "timed_out",
+            OutcomeKind::Cancelled => "cancelled",
+            OutcomeKind::Unstarted => "unstarted",
+            OutcomeKind::Abandoned => "abandoned",
+        }
+    }
+
+    /// Whether the job did not run to an end of its own: cancelled, unstarted or
+    /// abandoned. These are the ones a shutdown report names.
+    pub fn is_unfinished(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::Cancelled | OutcomeKind::Unstarted | OutcomeKind::Abandoned
+        )
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A finished job as the outcome hook sees it: ID, outcome, and time from
+/// the start of its first attempt to its end (zero for a job that never ran).
+pub struct Completion<P = Bytes> {
+    /// The job's ID.
+    pub id: JobId,
+    /// How it ended.
+    pub outcome: Outcome<P>,
+    /// Wall time from the first attempt's start to the outcome.
+    pub duration: Duration,
+}
+
+impl<P> fmt::Debug for Completion<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("id", &self.id)
+            .field("outcome", &self.outcome)
+            .field("duration", &self.duration)
+            .finish()
+    }
+}

@@ -1,0 +1,289 @@
+//! The queue between submitters and workers, behind a narrow boundary:
+//! push (waiting for room, or not), take, close, and hand back what is left.
+//!
+//! Today there is one flavour, in memory. A durable flavour (a file store, or
+//! PostgreSQL shared by many machines) would be a second variant of [`Queue`]
+//! with the same methods; workers and shutdown only use these.
+
+use concurrent_queue::{ConcurrentQueue, PopError, PushError};
+use event_listener::Event;
+use tokio::time::Instant;
+
+use crate::job::Job;
+use crate::outcome::Outcome;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// A job on its way through the pool, with what it needs beyond itself.
+pub(crate) struct Envelope<P> {
+    pub(crate) job: Job<P>,
+    /// Attempts already made: 0 on submit, more when it comes back to retry.
+    pub(crate) attempts: u32,
+    /// Present only when the caller asked for a [`JobHandle`](crate::JobHandle).
+    pub(crate) reply: Option<Reply<P>>,
+    /// When the first attempt started, if durations are measured.
+    pub(crate) started: Option<Instant>,
+}
+
+/// The pool's end of a [`JobHandle`](crate::JobHandle).
+pub(crate) struct Reply<P> {
+    pub(crate) tx: oneshot::Sender<Outcome<P>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl<P> Envelope<P> {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.cancel.is_cancelled())
+    }
+}
+
+/// Why a push did not happen; the value comes back.
+pub(crate) enum PushFail<T> {
+    Full(T),
+    Closed(T),
+    Timeout(T),
+}
+
+/// What a take found.
+pub(crate) enum Take<T> {
+    Item(T),
+    /// Closed and empty: nothing will ever come.
+    Closed,
+    /// The caller's `interrupted` check said to stop waiting.
+    Interrupted,
+}
+
+pub(crate) enum Queue<T> {
+    Memory(MemoryQueue<T>),
+}
+
+impl<T> Queue<T> {
+    pub(crate) fn memory(capacity: usize) -> Self {
+        Queue::Memory(MemoryQueue::new(capacity))
+    }
+
+    pub(crate) fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
+        match self {
+            Queue::Memory(q) => q.try_push(item),
+        }
+    }
+
+    /// Waits for room until `deadline` (forever if `None`).
+    ///
+    /// Cancel safety: dropping the future drops the item with it.
+    pub(crate) async fn push(&self, item: T, deadline: Option<Instant>) -> Result<(), PushFail<T>> {
+        match self {
+            Queue::Memory(q) => q.push(item, deadline).await,
+        }
+    }
+
+    /// Waits for an item; `interrupted` is checked each time the wait is
+    /// woken without one (see [`Queue::wake_takers`]).
+    pub(crate) async fn take(&self, interrupted: impl Fn() -> bool) -> Take<T> {
+        match self {
+            Queue::Memory(q) => q.take(interrupted).await,
+        }
+    }
+
+    /// Takes an item if one is there; used to hand back what is left.
+    pub(crate) fn try_take(&self) -> Option<T> {
+        match self {
+            Queue::Memory(q) => q.try_take(),
+        }
+    }
+
+    /// Refuses further pushes; items already in stay takeable. Wakes every
+    /// waiting pusher and taker.
+    pub(crate) fn close(&self) {
+        match self {
+            Queue::Memory(q) => q.close(),
+        }
+    }
+
+    /// Wakes every waiting taker so it re-checks its `interrupted` condition.
+    pub(crate) fn wake_takers(&self) {
+        match self {
+            Queue::Memory(q) => {
+                q.pushed.notify(usize::MAX);
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Queue::Memory(q) => q.items.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A bounded lock-free ring (`concurrent-queue`) and two events
+/// (`event-listener`), as in async-channel, but with a push that gives the item
+/// back on timeout: async-channel's send future swallows it when dropped.
+pub(crate) struct MemoryQueue<T> {
+    items: ConcurrentQueue<T>,
+    /// Notified once per push: one waiting taker wakes.
+    pushed: Event,
+    /// Notified once per take: one waiting pusher wakes. A woken listener that
+    /// is dropped passes its notification on, so none is lost.
+    popped: Event,
+}
+
+impl<T> MemoryQueue<T> {
+    fn new(capacity: usize) -> Self {
+        MemoryQueue {
+            items: ConcurrentQueue::bounded(capacity),
+            pushed: Event::new(),
+            popped: Event::new(),
+        }
+    }
+
+    fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
+        match self.items.push(item) {
+            Ok(()) => {
+                self.pushed.notify_additional(1);
+                Ok(())
+            }
+            Err(PushError::Full(item)) => Err(PushFail::Full(item)),
+            Err(PushError::Closed(item)) => Err(PushFail::Closed(item)),
+        }
+    }
+
+    async fn push(&self, mut item: T, deadline: Option<Instant>) -> Result<(), PushFail<T>> {
+        loop {
+            match self.try_push(item) {
+                Err(PushFail::Full(back)) => item = back,
+                done => return done,
+            }
+            // Listen, then try again: a take between the failed push and the
+            // listen would otherwise go unnoticed.
+            let listener = self.popped.listen();
+            match self.try_push(item) {
+                Err(PushFail::Full(back)) => item = back,
+                done => return done,
+            }
+            match deadline {
+                None => listener.await,
+                Some(d) => {
+                    if tokio::time::timeout_at(d, listener).await.is_err() {
+                        return Err(PushFail::Timeout(item));
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_take(&self) -> Option<T> {
+        match self.items.pop() {
+            Ok(item) => {
+                self.popped.notify_additional(1);
+                Some(item)
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn take(&self, interrupted: impl Fn() -> bool) -> Take<T> {
+        loop {
+            match self.items.pop() {
+                Ok(item) => {
+                    self.popped.notify_additional(1);
+                    return Take::Item(item);
+                }
+                Err(PopError::Closed) => return Take::Closed,
+                Err(PopError::Empty) => {}
+            }
+            if interrupted() {
+                return Take::Interrupted;
+            }
+            let listener = self.pushed.listen();
+            match self.items.pop() {
+                Ok(item) => {
+                    self.popped.notify_additional(1);
+                    return Take::Item(item);
+                }
+                Err(PopError::Closed) => return Take::Closed,
+                Err(PopError::Empty) => {}
+            }
+            if interrupted() {
+                return Take::Interrupted;
+            }
+            listener.await;
+        }
+    }
+
+    fn close(&self) {
+        self.items.close();
+        self.pushed.notify(usize::MAX);
+        self.popped.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn push_timeout_gives_the_item_back() {
+        let q = Queue::memory(1);
+        assert!(q.try_push(1).is_ok());
+        let deadline = Instant::now() + Duration::from_millis(50);
+        match q.push(2, Some(deadline)).await {
+            Err(PushFail::Timeout(2)) => {}
+            _ => panic!("expected the item back on timeout"),
+        }
+        assert_eq!(q.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_take_makes_room_for_a_waiting_push() {
+        let q = Arc::new(Queue::memory(1));
+        q.try_push(1).ok().unwrap();
+        let q2 = q.clone();
+        let pusher = tokio::spawn(async move { q2.push(2, None).await.is_ok() });
+        tokio::task::yield_now().await;
+        assert!(matches!(q.take(|| false).await, Take::Item(1)));
+        assert!(pusher.await.unwrap());
+        assert!(matches!(q.try_take(), Some(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_refuses_pushes_and_keeps_items() {
+        let q = Arc::new(Queue::memory(1));
+        q.try_push(1).ok().unwrap();
+        let q2 = q.clone();
+        let pusher =
+            tokio::spawn(async move { matches!(q2.push(2, None).await, Err(PushFail::Closed(2))) });
+        tokio::task::yield_now().await;
+        q.close();
+        assert!(
+            pusher.await.unwrap(),
+            "a waiting push must fail with its item once closed"
+        );
+        assert!(matches!(q.take(|| false).await, Take::Item(1)));
+        assert!(matches!(q.take(|| false).await, Take::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wake_takers_interrupts_an_idle_take() {
+        let q = Arc::new(Queue::<u8>::memory(1));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (q2, s2) = (q.clone(), stop.clone());
+        let taker = tokio::spawn(async move {
+            matches!(
+                q2.take(|| s2.load(std::sync::atomic::Ordering::SeqCst))
+                    .await,
+                Take::Interrupted
+            )
+        });
+        tokio::task::yield_now().await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        q.wake_takers();
+        assert!(taker.await.unwrap());
+    }
+}

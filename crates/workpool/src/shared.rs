@@ -1,0 +1,424 @@
+//! State shared by the pool handles, the workers, retry tasks and shutdown,
+//! and the one place where an outcome is recorded ([`Shared::finish`]).
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::JobId;
+use crate::outcome::{Completion, Outcome};
+use crate::queue::{Envelope, PushFail, Queue, Reply};
+use crate::retry::RetryPolicy;
+use crate::shutdown::{NotFinished, ShutdownReport, UnstartedJob};
+use crate::stats::{FailureLog, Shard, Stats};
+
+/// Lifecycle states, in order; the state only moves forward.
+pub(crate) const RUNNING: u8 = 0;
+/// Shutdown called: submissions refused, queue and running jobs finish.
+pub(crate) const DRAINING: u8 = 1;
+/// Shutdown without drain: submissions refused, queued jobs handed back.
+pub(crate) const HANDING_BACK: u8 = 2;
+/// Drain deadline passed: running jobs' signals fired, nothing new starts.
+pub(crate) const CANCELLING: u8 = 3;
+/// Grace period over: what still runs has been abandoned.
+pub(crate) const STOPPED: u8 = 4;
+
+/// Locks, ignoring poison: every critical section here leaves its data valid,
+/// and user code (hooks, handlers) never runs under these locks.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The outcome hook.
+pub(crate) type Hook<P> = Arc<dyn Fn(&Completion<P>) + Send + Sync>;
+
+pub(crate) struct Config<P> {
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) cloner: Option<fn(&P) -> P>,
+    pub(crate) grace: Duration,
+    pub(crate) hook: Option<Hook<P>>,
+    /// Whether to read the clock for job durations: only the hook and metrics
+    /// use them, and a clock read per job is not free.
+    pub(crate) timed: bool,
+}
+
+/// What a worker is running now, kept where shutdown can find it.
+pub(crate) struct InFlight<P> {
+    pub(crate) id: JobId,
+    pub(crate) attempt: u32,
+    pub(crate) reply: Option<Reply<P>>,
+    pub(crate) started: Option<Instant>,
+}
+
+/// A worker's slot. Exactly one of the worker (when the attempt ends) and
+/// shutdown (when it abandons the job) takes the `InFlight` out, and only the
+/// one that took it records the outcome. The lock is the worker's own; shutdown
+/// touches it once.
+pub(crate) type Slot<P> = Mutex<Option<InFlight<P>>>;
+
+pub(crate) struct WorkerEntry<P> {
+    pub(crate) shard: Arc<Shard>,
+    pub(crate) slot: Arc<Slot<P>>,
+}
+
+/// Submit-side counters, on their own cache line so that workers' writes do not
+/// slow submitters down.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct SubmitCounters {
+    /// Incremented before the state check and the push, decremented if the push
+    /// fails: shutdown compares it with the outcome count to know that nothing
+    /// is in flight. SeqCst, paired with the state: see [`Shared::admit`].
+    pub(crate) admitted: AtomicU64,
+    /// Incremented after a successful push; what `Stats::accepted` reports.
+    pub(crate) accepted: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct RetryRegistry<P> {
+    next_key: u64,
+    pub(crate) waiting: HashMap<u64, Envelope<P>>,
+}
+
+pub(crate) struct Shared<P> {
+    pub(crate) queue: Queue<Envelope<P>>,
+    pub(crate) config: Config<P>,
+    state: AtomicU8,
+    pub(crate) submits: SubmitCounters,
+    /// Outcomes recorded outside a worker: shutdown, retry tasks.
+    pub(crate) general: Shard,
+    /// Every worker ever started (retired ones keep their counts). Locked on
+    /// start, resize, stats and shutdown, never per job.
+    pub(crate) workers: Mutex<Vec<WorkerEntry<P>>>,
+    /// Workers wanted and workers alive; a worker retires when `live > target`.
+    pub(crate) target: AtomicUsize,
+    pub(crate) live: AtomicUsize,
+    pub(crate) failures: FailureLog,
+    /// Fires at Cancelling; parent of every worker's `cancel`.
+    pub(crate) cancel: CancellationToken,
+    /// Fires at Stopped; parent of every worker's `abandon`.
+    pub(crate) abandon: CancellationToken,
+    /// Set by `cancel_running`: cut the drain short.
+    pub(crate) cancel_now: CancellationToken,
+    pub(crate) retries: Mutex<RetryRegistry<P>>,
+    pub(crate) retry_waiting: AtomicU64,
+    /// Notified whenever a job reaches an outcome or a submit gives up while
+    /// shutdown is in progress: shutdown re-checks whether anything is left.
+    pub(crate) progress: Notify,
+    pub(crate) shutdown_started: AtomicBool,
+    pub(crate) report: watch::Sender<Option<ShutdownReport<P>>>,
+    pub(crate) not_finished: Mutex<Vec<NotFinished>>,
+    pub(crate) unstarted: Mutex<Vec<UnstartedJob<P>>>,
+}
+
+impl<P: Send + 'static> Shared<P> {
+    pub(crate) fn new(capacity: usize, config: Config<P>, recent_failures: usize) -> Self {
+        Shared {
+            queue: Queue::memory(capacity),
+            config,
+            state: AtomicU8::new(RUNNING),
+            submits: SubmitCounters::default(),
+            general: Shard::default(),
+            workers: Mutex::new(Vec::new()),
+            target: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            failures: FailureLog::new(recent_failures),
+            cancel: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            cancel_now: CancellationToken::new(),
+            retries: Mutex::new(RetryRegistry {
+                next_key: 0,
+                waiting: HashMap::new(),
+            }),
+            retry_waiting: AtomicU64::new(0),
+            progress: Notify::new(),
+            shutdown_started: AtomicBool::new(false),
+            report: watch::Sender::new(None),
+            not_finished: Mutex::new(Vec::new()),
+            unstarted: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn advance(&self, to: u8) {
+        self.state.fetch_max(to, Ordering::SeqCst);
+    }
+
+    /// Counts a submission in before it is pushed, and refuses it if the pool
+    /// no longer takes jobs.
+    ///
+    /// Both the increment and the state load are SeqCst, as is shutdown's store
+    /// of the state before it reads `admitted`: so either shutdown sees this
+    /// submission counted (and waits for it), or this submission sees the pool
+    /// closed (and is refused). No job slips past both.
+    pub(crate) fn admit(&self) -> bool {
+        self.submits.admitted.fetch_add(1, Ordering::SeqCst);
+        if self.state() == RUNNING {
+            true
+        } else {
+            self.unadmit();
+            false
+        }
+    }
+
+    /// Undoes `admit` for a refused submission.
+    pub(crate) fn unadmit(&self) {
+        self.submits.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.submits.rejected.fetch_add(1, Ordering::Relaxed);
+        if self.state() != RUNNING {
+            self.progress.notify_one();
+        }
+    }
+
+    pub(crate) fn accepted(&self) {
+        self.submits.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Outcomes recorded so far, across all shards.
+    pub(crate) fn terminal(&self) -> u64 {
+        let workers: u64 = lock(&self.workers).iter().map(|w| w.shard.terminal()).sum();
+        workers + self.general.terminal()
+    }
+
+    /// Nothing queued, nothing running, nothing waiting to retry, no submit in
+    /// progress: every admitted job has its outcome.
+    pub(crate) fn is_idle(&self) -> bool {
+        let admitted = self.submits.admitted.load(Ordering::SeqCst);
+        self.queue.is_empty() && self.terminal() >= admitted
+    }
+
+    /// Whether this worker count is above the target (a worker should retire).
+    pub(crate) fn over_target(&self) -> bool {
+        self.live.load(Ordering::Relaxed) > self.target.load(Ordering::Relaxed)
+    }
+
+    /// Retires the calling worker if the pool has more than it wants. The CAS
+    /// makes sure that two workers seeing one surplus do not both leave.
+    pub(crate) fn try_retire(&self) -> bool {
+        let mut live = self.live.load(Ordering::Relaxed);
+        while live > self.target.load(Ordering::Relaxed) {
+            match self
+                .live
+                .compare_exchange(live, live - 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => live = now,
+            }
+        }
+        false
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for w in lock(&self.workers).iter() {
+            w.shard.add_to(&mut s);
+            s.running += u64::from(lock(&w.slot).is_some());
+        }
+        self.general.add_to(&mut s);
+        s.accepted = self.submits.accepted.load(Ordering::Relaxed);
+        s.rejected = self.submits.rejected.load(Ordering::Relaxed);
+        s.queued = self.queue.len() as u64;
+        s.retry_waiting = self.retry_waiting.load(Ordering::Relaxed);
+        s.workers = self.live.load(Ordering::Relaxed) as u64;
+        s
+    }
+
+    /// Records a job's one terminal outcome: shutdown lists, metrics, hook,
+    /// counters, then the handle.
+    ///
+    /// The order matters. The shutdown lists are written before the counter,
+    /// so that when shutdown sees the count complete the lists are complete.
+    /// The counter is written before the handle is answered, so that a caller
+    /// who awaited its handle reads stats that include the job. An unstarted
+    /// job is the exception: where it goes (the handle, or the report if the
+    /// handle was dropped) must be settled before it is counted.
+    pub(crate) fn finish(
+        &self,
+        shard: &Shard,
+        id: JobId,
+        outcome: Outcome<P>,
+        reply: Option<Reply<P>>,
+        started: Option<Instant>,
+    ) {
+        let kind = outcome.kind();
+        let shutting_down = self.state() != RUNNING;
+        if shutting_down && kind.is_unfinished() {
+            lock(&self.not_finished).push(NotFinished {
+                id: id.clone(),
+                outcome: kind,
+                attempts: outcome.attempts(),
+            });
+        }
+        let duration = started.map(|s| s.elapsed()).unwrap_or_default();
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("workpool_jobs_total", "outcome" => kind.as_str()).increment(1);
+            metrics::histogram!("workpool_job_duration_seconds").record(duration.as_secs_f64());
+        }
+        let outcome = match &self.config.hook {
+            Some(hook) => {
+                let completion = Completion {
+                    id,
+                    outcome,
+                    duration,
+                };
+                if catch_unwind(AssertUnwindSafe(|| hook(&completion))).is_err() {
+                    tracing::error!(target: "workpool", id = %completion.id, "outcome hook panicked");
+                }
+                completion.outcome
+            }
+            None => outcome,
+        };
+        match outcome {
+            Outcome::Unstarted { job, attempts } => {
+                let back = match reply {
+                    Some(r) => r.tx.send(Outcome::Unstarted { job, attempts }).err(),
+                    None => Some(Outcome::Unstarted { job, attempts }),
+                };
+                if let Some(Outcome::Unstarted { job, attempts }) = back {
+                    lock(&self.unstarted).push(UnstartedJob { job, attempts });
+                }
+                shard.add(kind);
+            }
+            other => {
+                shard.add(kind);
+                if let Some(r) = reply {
+                    // The caller may have dropped the handle: that is allowed.
+                    let _ = r.tx.send(other);
+                }
+            }
+        }
+        if shutting_down {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Hands back an envelope whose job will not run (again).
+    pub(crate) fn hand_back(&self, env: Envelope<P>) {
+        let Envelope {
+            job,
+            attempts,
+            reply,
+            started,
+        } = env;
+        let id = job.id.clone();
+        if reply.as_ref().is_some_and(|r| r.cancel.is_cancelled()) {
+            self.finish(
+                &self.general,
+                id,
+                Outcome::Cancelled { attempts },
+                reply,
+                started,
+            );
+        } else {
+            self.finish(
+                &self.general,
+                id,
+                Outcome::Unstarted { job, attempts },
+                reply,
+                started,
+            );
+        }
+    }
+
+    /// Hands back everything still queued.
+    pub(crate) fn hand_back_queued(&self) {
+        while let Some(env) = self.queue.try_take() {
+            self.hand_back(env);
+        }
+    }
+
+    /// Hands back every job waiting for its retry delay.
+    pub(crate) fn hand_back_retries(&self) {
+        let waiting: Vec<_> = lock(&self.retries)
+            .waiting
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        let n = waiting.len() as u64;
+        for env in waiting {
+            self.hand_back(env);
+        }
+        self.retry_waiting.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// Takes every running job out of its worker's slot as Abandoned. Workers
+    /// that later come back with a result find their slot empty and drop it.
+    pub(crate) fn abandon_running(&self) {
+        let slots: Vec<_> = lock(&self.workers).iter().map(|w| w.slot.clone()).collect();
+        for slot in slots {
+            let taken = lock(&slot).take();
+            if let Some(f) = taken {
+                tracing::warn!(target: "workpool", id = %f.id, attempt = f.attempt, "job ignored cancellation past the grace period; abandoned");
+                self.finish(
+                    &self.general,
+                    f.id,
+                    Outcome::Abandoned {
+                        attempts: f.attempt,
+                    },
+                    f.reply,
+                    f.started,
+                );
+            }
+        }
+    }
+
+    /// Parks a failed job for `delay`, then puts it back in the queue. It holds
+    /// no worker while it waits; shutdown can take it from the registry.
+    pub(crate) fn schedule_retry(self: &Arc<Self>, env: Envelope<P>, delay: Duration) {
+        let job_cancel = env.reply.as_ref().map(|r| r.cancel.clone());
+        let key = {
+            let mut reg = lock(&self.retries);
+            let key = reg.next_key;
+            reg.next_key += 1;
+            reg.waiting.insert(key, env);
+            key
+        };
+        self.retry_waiting.fetch_add(1, Ordering::SeqCst);
+        let shared = self.clone();
+        tokio::spawn(async move { shared.retry_later(key, delay, job_cancel).await });
+    }
+
+    async fn retry_later(&self, key: u64, delay: Duration, job_cancel: Option<CancellationToken>) {
+        let job_cancelled = async {
+            match &job_cancel {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.cancel.cancelled() => {}
+            _ = job_cancelled => {}
+        }
+        // Whoever removes the entry owns the job: if shutdown already handed
+        // it back, there is nothing left to do.
+        let Some(env) = lock(&self.retries).waiting.remove(&key) else {
+            return;
+        };
+        if env.is_cancelled() || self.state() >= HANDING_BACK {
+            self.hand_back(env);
+        } else if let Err(PushFail::Closed(env) | PushFail::Full(env) | PushFail::Timeout(env)) =
+            self.queue.push(env, None).await
+        {
+            self.hand_back(env);
+        }
+        // Decremented only once the job is queued or recorded, so that shutdown
+        // never sees it nowhere.
+        self.retry_waiting.fetch_sub(1, Ordering::SeqCst);
+        if self.state() != RUNNING {
+            self.progress.notify_one();
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Counters, the stats snapshot, and the log of recent failures.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use crate::job::JobId;
+use crate::outcome::OutcomeKind;
+use crate::shared::lock;
+
+/// Outcome counters written by one worker (or by shutdown and retry tasks, in
+/// the pool's general shard). Sharded so workers never write the same cache
+/// line; [`Stats`] sums the shards.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Shard {
+    outcomes: [AtomicU64; 7],
+    retried: AtomicU64,
+}
+
+impl Shard {
+    /// Release: a reader that sees the count (Acquire) also sees everything the
+    /// job's outcome wrote before it: the shutdown lists, the hook's effects.
+    pub(crate) fn add(&self, kind: OutcomeKind) {
+        self.outcomes[kind as usize].fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn add_retry(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn terminal(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .sum()
+    }
+
+    pub(crate) fn add_to(&self, s: &mut Stats) {
+        let get = |k: OutcomeKind| self.outcomes[k as usize].load(Ordering::Acquire);
+        s.succeeded += get(OutcomeKind::Succeeded);
+        s.failed += get(OutcomeKind::Failed);
+        s.panicked += get(OutcomeKind::Panicked);
+        s.timed_out += get(OutcomeKind::TimedOut);
+        s.cancelled += get(OutcomeKind::Cancelled);
+        s.unstarted += get(OutcomeKind::Unstarted);
+        s.abandoned += get(OutcomeKind::Abandoned);
+        s.retried += self.retried.load(Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the pool's counters, from [`Pool::stats`](crate::Pool::stats).
+///
+/// Counters are read one by one while the pool runs, so a snapshot taken under
+/// load may catch a job between two of them. At a quiet point (nothing being
+/// submitted or running, e.g. after shutdown) it is exact:
+/// `accepted == succeeded + failed + panicked + timed_out + cancelled + unstarted + abandoned`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Jobs the pool took in.
+    pub accepted: u64,
+    /// Submissions refused (queue full, timeout, or shut down); each job was handed back.
+    pub rejected: u64,
+    /// Jobs waiting in the queue.
+    pub queued: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs waiting for their next attempt's backoff delay.
+    pub retry_waiting: u64,
+    /// Live workers.
+    pub workers: u64,
+    /// Jobs that succeeded.
+    pub succeeded: u64,
+    /// Jobs that failed on their last attempt.
+    pub failed: u64,
+    /// Jobs that panicked on their last attempt.
+    pub panicked: u64,
+    /// Jobs whose last attempt timed out.
+    pub timed_out: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Retries scheduled (attempts after a first one).
+    pub retried: u64,
+    /// Jobs handed back unstarted at shutdown.
+    pub unstarted: u64,
+    /// Jobs abandoned at shutdown.
+    pub abandoned: u64,
+}
+
+impl Stats {
+    /// Jobs that reached an outcome.
+    pub fn finished(&self) -> u64 {
+        OutcomeKind::ALL.iter().map(|k| self.count(*k)).sum()
+    }
+
+    /// The count for one kind of outcome.
+    pub fn count(&self, kind: OutcomeKind) -> u64 {
+        match kind {
+            OutcomeKind::Succeeded => self.succeeded,
+            OutcomeKind::Failed => self.failed,
+            OutcomeKind::Panicked => self.panicked,
+            OutcomeKind::TimedOut => self.timed_out,
+            OutcomeKind::Cancelled => self.cancelled,
+            OutcomeKind::Unstarted => self.unstarted,
+            OutcomeKind::Abandoned => self.abandoned,
+        }
+    }
+}
+
+/// One failed attempt, as kept by [`Pool::recent_failures`](crate::Pool::recent_failures).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The job's ID.
+    pub id: JobId,
+    /// Which attempt failed, from 1.
+    pub attempt: u32,
+    /// `Failed`, `Panicked` or `TimedOut`.
+    pub kind: OutcomeKind,
+    /// The error's text, the panic message, or the timeout.
+    pub error: String,
+    /// When the attempt ended.
+    pub at: SystemTime,
+}
+
+/// The last `capacity` failed attempts. Written only on failures, so a lock is
+/// fine here.
+pub(crate) struct FailureLog {
+    capacity: usize,
+    entries: Mutex<VecDeque<Failure>>,
+}
+
+impl FailureLog {
+    pub(crate) fn new(capacity: usize) -> Self {
+        FailureLog {
+            capacity,
+            entries: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+        }
+    }
+
+    pub(crate) fn record(&self, id: &JobId, attempt: u32, kind: OutcomeKind, error: String) {
+        if self.capacity == 0 {
+            return;
+        }
+        let failure = Failure {
+            id: id.clone(),
+            attempt,
+            kind,
+            error,
+            at: SystemTime::now(),
+        };
+        let mut entries = lock(&self.entries);
+        if entries.len() == self.capacity {
+            entries.pop_front();
+        }
+        entries.push_back(failure);
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Failure> {
+        lock(&self.entries).iter().cloned().collect()
+    }
+}

@@ -1,0 +1,423 @@
+//! Workers: long-lived tasks that take one job at a time from the queue, run
+//! one attempt, and always end it with exactly one result: an outcome, a retry,
+//! or nothing when shutdown already abandoned the job.
+
+use std::any::Any;
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::context::{JobContext, WorkerSignals};
+use crate::handler::{BoxError, Handler, is_permanent};
+use crate::job::Job;
+use crate::outcome::{Outcome, OutcomeKind};
+use crate::queue::{Envelope, Take};
+use crate::shared::{HANDING_BACK, InFlight, Shared, Slot, WorkerEntry, lock};
+use crate::stats::Shard;
+
+/// How one attempt's call came back.
+pub(crate) enum Attempt {
+    Returned(Result<(), BoxError>),
+    Panicked(String),
+}
+
+/// How a handler is run: on the worker's task (async) or on a thread of its
+/// own (blocking). `Local` is per-worker state, e.g. that thread.
+pub(crate) trait Exec<P>: Send + Sync + 'static {
+    type Local: Send + 'static;
+    fn local(&self) -> Self::Local;
+    fn run<'a>(
+        &'a self,
+        local: &'a mut Self::Local,
+        job: Job<P>,
+        ctx: JobContext,
+    ) -> impl Future<Output = Attempt> + Send + 'a;
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_string()
+    }
+}
+
+/// Runs an async handler inline on the worker's task: no spawn, no box.
+pub(crate) struct AsyncExec<H>(pub(crate) H);
+
+impl<P: Send + 'static, H: Handler<P>> Exec<P> for AsyncExec<H> {
+    type Local = ();
+
+    fn local(&self) {}
+
+    async fn run(&self, _: &mut (), job: Job<P>, ctx: JobContext) -> Attempt {
+        // The call itself may panic before it returns a future.
+        let fut = match catch_unwind(AssertUnwindSafe(|| self.0.call(job, ctx))) {
+            Ok(fut) => fut,
+            Err(p) => return Attempt::Panicked(panic_message(&*p)),
+        };
+        let mut fut = pin!(fut);
+        // Catch a panic in any poll, so one job's panic ends that job only.
+        poll_fn(
+            |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(Poll::Ready(r)) => Poll::Ready(Attempt::Returned(r.map_err(Into::into))),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(p) => Poll::Ready(Attempt::Panicked(panic_message(&*p))),
+            },
+        )
+        .await
+    }
+}
+
+/// Runs a blocking handler on a plain thread owned by the worker.
+///
+/// Not `spawn_blocking`: dropping a tokio runtime waits for blocking tasks, so
+/// a handler stuck in a loop there would keep `main` from returning. A plain
+/// thread does not hold the process: when `main` returns, it is gone.
+///
+/// If an attempt is given up on (timeout or shutdown), the worker's future is
+/// dropped and with it the thread's handle; the thread finishes that call in
+/// the background, sees its channel closed and exits. The next attempt starts
+/// a fresh thread, so the worker goes on.
+pub(crate) struct BlockingExec<F>(pub(crate) Arc<F>);
+
+type BlockingJob<P> = (Job<P>, JobContext);
+
+pub(crate) struct BlockingThread<P> {
+    jobs: std::sync::mpsc::Sender<BlockingJob<P>>,
+    results: tokio::sync::mpsc::Receiver<Attempt>,
+}
+
+fn start_thread<P, F, E>(f: &Arc<F>) -> std::io::Result<BlockingThread<P>>
+where
+    P: Send + 'static,
+    F: Fn(Job<P>, JobContext) -> Result<(), E> + Send + Sync + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let (jobs, job_rx) = std::sync::mpsc::channel::<BlockingJob<P>>();
+    let (result_tx, results) = tokio::sync::mpsc::channel(1);
+    let f = f.clone();
+    std::thread::Builder::new()
+        .name("workpool-blocking".into())
+        .spawn(move || {
+            while let Ok((job, ctx)) = job_rx.recv() {
+                let attempt = match catch_unwind(AssertUnwindSafe(|| f(job, ctx))) {
+                    Ok(r) => Attempt::Returned(r.map_err(Into::into)),
+                    Err(p) => Attempt::Panicked(panic_message(&*p)),
+                };
+                if result_tx.blocking_send(attempt).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(BlockingThread { jobs, results })
+}
+
+impl<P, F, E> Exec<P> for BlockingExec<F>
+where
+    P: Send + 'static,
+    F: Fn(Job<P>, JobContext) -> Result<(), E> + Send + Sync + 'static,
+    E: Into<BoxError> + 'static,
+{
+    type Local = Option<BlockingThread<P>>;
+
+    fn local(&self) -> Self::Local {
+        None
+    }
+
+    async fn run(&self, local: &mut Self::Local, job: Job<P>, ctx: JobContext) -> Attempt {
+        let mut thread = match local.take() {
+            Some(t) => t,
+            None => match start_thread(&self.0) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Attempt::Returned(Err(format!(
+                        "could not start a thread for a blocking handler: {e}"
+                    )
+                    .into()));
+                }
+            },
+        };
+        if thread.jobs.send((job, ctx)).is_err() {
+            return Attempt::Panicked("the blocking handler's thread exited".into());
+        }
+        match thread.results.recv().await {
+            Some(attempt) => {
+                // Only a thread that answered goes back for the next job.
+                *local = Some(thread);
+                attempt
+            }
+            None => Attempt::Panicked("the blocking handler's thread exited".into()),
+        }
+    }
+}
+
+/// Starts one worker on `rt`.
+pub(crate) fn spawn<P, X>(shared: &Arc<Shared<P>>, exec: &Arc<X>, rt: &tokio::runtime::Handle)
+where
+    P: Send + 'static,
+    X: Exec<P>,
+{
+    let shard = Arc::new(Shard::default());
+    let slot: Arc<Slot<P>> = Arc::new(Mutex::new(None));
+    lock(&shared.workers).push(WorkerEntry {
+        shard: shard.clone(),
+        slot: slot.clone(),
+    });
+    let signals = Arc::new(WorkerSignals {
+        cancel: shared.cancel.child_token(),
+        abandon: shared.abandon.child_token(),
+    });
+    shared
+        .live
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let worker = Worker {
+        shared: shared.clone(),
+        local: exec.local(),
+        exec: exec.clone(),
+        shard,
+        slot,
+        signals,
+    };
+    rt.spawn(worker.run());
+}
+
+struct Worker<P, X: Exec<P>> {
+    shared: Arc<Shared<P>>,
+    exec: Arc<X>,
+    local: X::Local,
+    shard: Arc<Shard>,
+    slot: Arc<Slot<P>>,
+    signals: Arc<WorkerSignals>,
+}
+
+/// What an attempt's end means, before retries are considered.
+enum Verdict {
+    Succeeded,
+    Cancelled,
+    Failed(BoxError),
+    Panicked(String),
+    TimedOut(String),
+}
+
+impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
+    async fn run(mut self) {
+        loop {
+            if self.shared.try_retire() {
+                return;
+            }
+            let shared = &*self.shared;
+            let env = match shared.queue.take(|| shared.over_target()).await {
+                Take::Item(env) => env,
+                Take::Interrupted => continue,
+                Take::Closed => {
+                    shared
+                        .live
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    return;
+                }
+            };
+            self.process(env).await;
+        }
+    }
+
+    async fn process(&mut self, env: Envelope<P>) {
+        let Envelope {
+            job,
+            attempts,
+            reply,
+            started,
+        } = env;
+        let attempt = attempts + 1;
+        let job_cancel = reply.as_ref().map(|r| r.cancel.clone());
+        if job_cancel.as_ref().is_some_and(|t| t.is_cancelled()) {
+            // Cancelled while it waited: it never runs.
+            let id = job.id.clone();
+            self.shared.finish(
+                &self.shard,
+                id,
+                Outcome::Cancelled { attempts },
+                reply,
+                started,
+            );
+            return;
+        }
+        let started = match started {
+            None if self.shared.config.timed => Some(Instant::now()),
+            s => s,
+        };
+
+        // Claim the slot. The state is read under the slot's lock, and shutdown
+        // moves the state forward before it empties the slots: so either
+        // shutdown finds this job here, or this worker sees it must not start.
+        {
+            let mut slot = lock(&self.slot);
+            if self.shared.state() >= HANDING_BACK {
+                drop(slot);
+                let id = job.id.clone();
+                self.shared.finish(
+                    &self.shard,
+                    id,
+                    Outcome::Unstarted { job, attempts },
+                    reply,
+                    started,
+                );
+                return;
+            }
+            *slot = Some(InFlight {
+                id: job.id.clone(),
+                attempt,
+                reply,
+                started,
+            });
+        }
+
+        let config = &self.shared.config;
+        let policy = job.retry.or(config.retry);
+        let cloner = job.cloner.or(config.cloner);
+        let timeout = job.timeout.or(config.default_timeout);
+        // Only a job with a timeout reads the clock and sets a timer.
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // A copy is kept only when another attempt may follow.
+        let (run_job, kept) = match (policy, cloner) {
+            (Some(p), Some(clone)) if p.max_attempts() > attempt => {
+                (job.try_clone_with(clone), Some(job))
+            }
+            _ => (job, None),
+        };
+        let ctx = JobContext::new(
+            run_job.id.clone(),
+            attempt,
+            deadline,
+            self.signals.clone(),
+            job_cancel.clone(),
+        );
+        let span = tracing::info_span!(target: "workpool", "job", id = %run_job.id, attempt);
+
+        let result = {
+            let fut = self
+                .exec
+                .run(&mut self.local, run_job, ctx)
+                .instrument(span);
+            let abandon = self.signals.abandon.cancelled();
+            // Biased, handler first: a job that finishes on its first poll
+            // never registers with the abandon signal or the timer.
+            match deadline {
+                None => tokio::select! {
+                    biased;
+                    r = fut => Some(Ok(r)),
+                    _ = abandon => None,
+                },
+                Some(d) => tokio::select! {
+                    biased;
+                    r = fut => Some(Ok(r)),
+                    _ = tokio::time::sleep_until(d + config.grace) => Some(Err(())),
+                    _ = abandon => None,
+                },
+            }
+        };
+        // None: shutdown abandoned this job and already recorded it.
+        let Some(result) = result else { return };
+
+        let deadline_passed = || deadline.is_some_and(|d| Instant::now() >= d);
+        let verdict = match result {
+            Ok(Attempt::Returned(Ok(()))) => Verdict::Succeeded,
+            Ok(Attempt::Returned(Err(e))) => {
+                if deadline_passed() {
+                    Verdict::TimedOut(format!(
+                        "timed out after {:?}: {e}",
+                        timeout.unwrap_or_default()
+                    ))
+                } else if job_cancel.as_ref().is_some_and(|t| t.is_cancelled())
+                    || self.signals.cancel.is_cancelled()
+                {
+                    Verdict::Cancelled
+                } else {
+                    Verdict::Failed(e)
+                }
+            }
+            Ok(Attempt::Panicked(m)) => Verdict::Panicked(m),
+            Err(()) => Verdict::TimedOut(format!(
+                "timed out after {:?} and did not stop within the grace period",
+                timeout.unwrap_or_default()
+            )),
+        };
+
+        // Take the slot back. Empty means shutdown abandoned the job while its
+        // result was on the way; that outcome stands.
+        let Some(InFlight {
+            id,
+            attempt,
+            reply,
+            started,
+        }) = lock(&self.slot).take()
+        else {
+            return;
+        };
+        let shared = &self.shared;
+        let (outcome, retryable) = match verdict {
+            Verdict::Succeeded => (Outcome::Succeeded { attempts: attempt }, false),
+            Verdict::Cancelled => (Outcome::Cancelled { attempts: attempt }, false),
+            Verdict::Failed(error) => {
+                shared
+                    .failures
+                    .record(&id, attempt, OutcomeKind::Failed, error.to_string());
+                let retryable = !is_permanent(&error);
+                (
+                    Outcome::Failed {
+                        error,
+                        attempts: attempt,
+                    },
+                    retryable,
+                )
+            }
+            Verdict::Panicked(message) => {
+                shared
+                    .failures
+                    .record(&id, attempt, OutcomeKind::Panicked, message.clone());
+                let retryable = policy.is_some_and(|p| p.retries_panics());
+                (
+                    Outcome::Panicked {
+                        message,
+                        attempts: attempt,
+                    },
+                    retryable,
+                )
+            }
+            Verdict::TimedOut(text) => {
+                shared
+                    .failures
+                    .record(&id, attempt, OutcomeKind::TimedOut, text);
+                let retryable = policy.is_some_and(|p| p.retries_timeouts());
+                (Outcome::TimedOut { attempts: attempt }, retryable)
+            }
+        };
+        match (retryable, kept, policy) {
+            (true, Some(job), Some(policy))
+                if !job_cancel.as_ref().is_some_and(|t| t.is_cancelled()) =>
+            {
+                let env = Envelope {
+                    job,
+                    attempts: attempt,
+                    reply,
+                    started,
+                };
+                if shared.state() >= HANDING_BACK {
+                    // Shutting down: the retry comes back to the caller instead.
+                    shared.hand_back(env);
+                } else {
+                    self.shard.add_retry();
+                    shared.schedule_retry(env, policy.delay(attempt));
+                }
+            }
+            _ => shared.finish(&self.shard, id, outcome, reply, started),
+        }
+    }
+}
