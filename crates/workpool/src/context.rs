@@ -15,6 +15,8 @@ use crate::job::JobId;
 /// Cloning this `Arc` is a single uncontended increment.
 #[derive(Debug)]
 pub(crate) struct WorkerSignals {
+    /// The worker's number, from 1, in the order workers were started.
+    pub(crate) worker: usize,
     /// Fires when shutdown reaches Cancelling: running jobs should stop.
     pub(crate) cancel: CancellationToken,
     /// Fires when shutdown reaches Stopped: the worker drops what still runs.
@@ -79,6 +81,12 @@ impl JobContext {
     /// The job's ID.
     pub fn id(&self) -> &JobId {
         &self.id
+    }
+
+    /// The number of the worker running this attempt, from 1 in the order the
+    /// pool started its workers (workers added by a resize get the next ones).
+    pub fn worker(&self) -> usize {
+        self.signals.worker
     }
 
     /// Which attempt this is, counted from 1.

@@ -167,11 +167,16 @@ where
 {
     let shard = Arc::new(Shard::default());
     let slot: Arc<Slot<P>> = Arc::new(Mutex::new(None));
-    lock(&shared.workers).push(WorkerEntry {
-        shard: shard.clone(),
-        slot: slot.clone(),
-    });
+    let number = {
+        let mut workers = lock(&shared.workers);
+        workers.push(WorkerEntry {
+            shard: shard.clone(),
+            slot: slot.clone(),
+        });
+        workers.len()
+    };
     let signals = Arc::new(WorkerSignals {
+        worker: number,
         cancel: shared.cancel.child_token(),
         abandon: shared.abandon.child_token(),
     });
