@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use workpool::{Completion, JobId, OutcomeKind, PoolBuilder};
 
-/// Every outcome the hook saw: (id, kind, attempts, duration).
+/// One outcome as the hook saw it: (id, kind, attempts, duration).
+pub type SeenOutcome = (JobId, OutcomeKind, u32, Duration);
+
+/// Every outcome the hook saw.
 #[derive(Clone, Default)]
-pub struct Seen(pub Arc<Mutex<Vec<(JobId, OutcomeKind, u32, Duration)>>>);
+pub struct Seen(pub Arc<Mutex<Vec<SeenOutcome>>>);
 
 impl Seen {
     pub fn hook<P: Send + 'static>(&self, builder: PoolBuilder<P>) -> PoolBuilder<P> {
@@ -23,7 +26,7 @@ impl Seen {
         })
     }
 
-    pub fn all(&self) -> Vec<(JobId, OutcomeKind, u32, Duration)> {
+    pub fn all(&self) -> Vec<SeenOutcome> {
         self.0.lock().unwrap().clone()
     }
 
