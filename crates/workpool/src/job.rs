@@ -71,9 +71,10 @@ impl From<String> for JobId {
 
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Through the formatter, so width and alignment (`{:<8}`) apply.
         match &self.0 {
-            Repr::Num(n) => write!(f, "{n}"),
-            Repr::Name(s) => f.write_str(s),
+            Repr::Num(n) => fmt::Display::fmt(n, f),
+            Repr::Name(s) => f.pad(s),
         }
     }
 }

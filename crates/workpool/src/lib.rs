@@ -149,3 +149,8 @@ pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::retry::RetryPolicy;
 pub use crate::shutdown::{NotFinished, ShutdownReport, UnstartedJob};
 pub use crate::stats::{Failure, Stats};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
