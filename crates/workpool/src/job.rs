@@ -111,11 +111,17 @@ pub struct Job<P = Bytes> {
     pub(crate) id: JobId,
     pub(crate) payload: P,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) retry: Option<RetryPolicy>,
-    /// Set together with `retry`: retries need a copy of the payload per
-    /// attempt, and storing the clone function here lets `P` stay free of a
-    /// `Clone` bound everywhere else.
-    pub(crate) cloner: Option<fn(&P) -> P>,
+    /// Behind a pointer: most jobs use the pool's policy, and every byte of a
+    /// job is copied several times between submit and run.
+    pub(crate) retry: Option<Arc<JobRetry<P>>>,
+}
+
+/// A job's own retry policy, with the payload's clone function: retries need
+/// a copy of the payload per attempt, and keeping the function here lets `P`
+/// stay free of a `Clone` bound everywhere else.
+pub(crate) struct JobRetry<P> {
+    pub(crate) policy: RetryPolicy,
+    pub(crate) cloner: fn(&P) -> P,
 }
 
 impl<P> Job<P> {
@@ -132,7 +138,6 @@ impl<P> Job<P> {
             payload,
             timeout: None,
             retry: None,
-            cloner: None,
         }
     }
 
@@ -150,8 +155,10 @@ impl<P> Job<P> {
     where
         P: Clone,
     {
-        self.retry = Some(policy);
-        self.cloner = Some(P::clone);
+        self.retry = Some(Arc::new(JobRetry {
+            policy,
+            cloner: P::clone,
+        }));
         self
     }
 
@@ -182,7 +189,7 @@ impl<P> Job<P> {
 
     /// This job's own retry policy, if one was set.
     pub fn retry(&self) -> Option<&RetryPolicy> {
-        self.retry.as_ref()
+        self.retry.as_ref().map(|r| &r.policy)
     }
 
     /// A copy for one attempt, when a clone function is known.
@@ -191,8 +198,7 @@ impl<P> Job<P> {
             id: self.id.clone(),
             payload: cloner(&self.payload),
             timeout: self.timeout,
-            retry: self.retry,
-            cloner: self.cloner,
+            retry: self.retry.clone(),
         }
     }
 }
@@ -208,7 +214,7 @@ impl<P> fmt::Debug for Job<P> {
         f.debug_struct("Job")
             .field("id", &self.id)
             .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
+            .field("retry", &self.retry())
             .finish_non_exhaustive()
     }
 }

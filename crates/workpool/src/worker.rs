@@ -285,8 +285,10 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
         }
 
         let config = &self.shared.config;
-        let policy = job.retry.or(config.retry);
-        let cloner = job.cloner.or(config.cloner);
+        let (policy, cloner) = match &job.retry {
+            Some(own) => (Some(own.policy), Some(own.cloner)),
+            None => (config.retry, config.cloner),
+        };
         let timeout = job.timeout.or(config.default_timeout);
         // Only a job with a timeout reads the clock and sets a timer.
         let deadline = timeout.map(|t| Instant::now() + t);
