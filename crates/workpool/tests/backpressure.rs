@@ -28,6 +28,17 @@ fn gated(capacity: usize) -> (Pool, std::sync::Arc<Semaphore>) {
     (pool, gate)
 }
 
+/// With queue capacity 1: job 1 running, job 2 queued, no room left.
+async fn fill(pool: &Pool) {
+    pool.submit_detached(Job::with_id(1, Bytes::new()))
+        .await
+        .unwrap();
+    until_running(pool).await;
+    pool.submit_detached(Job::with_id(2, Bytes::new()))
+        .await
+        .unwrap();
+}
+
 /// Waits until the single worker has taken a job off the queue.
 async fn until_running(pool: &Pool) {
     while pool.stats().running == 0 {
@@ -67,13 +78,7 @@ async fn try_submit_on_a_full_queue_hands_back_the_very_same_job() {
 #[tokio::test(start_paused = true)]
 async fn submit_waits_for_room_and_goes_in_when_a_job_is_taken() {
     let (pool, gate) = gated(1);
-    pool.submit_detached(Job::with_id(1, Bytes::new()))
-        .await
-        .unwrap();
-    until_running(&pool).await;
-    pool.submit_detached(Job::with_id(2, Bytes::new()))
-        .await
-        .unwrap();
+    fill(&pool).await;
 
     let p = pool.clone();
     let waiting = tokio::spawn(async move { p.submit(Job::with_id(3, Bytes::new())).await });
@@ -98,13 +103,7 @@ async fn submit_waits_for_room_and_goes_in_when_a_job_is_taken() {
 #[tokio::test(start_paused = true)]
 async fn submit_timeout_gives_up_after_the_timeout_and_returns_the_job() {
     let (pool, _gate) = gated(1);
-    pool.submit_detached(Job::with_id(1, Bytes::new()))
-        .await
-        .unwrap();
-    until_running(&pool).await;
-    pool.submit_detached(Job::with_id(2, Bytes::new()))
-        .await
-        .unwrap();
+    fill(&pool).await;
 
     let start = tokio::time::Instant::now();
     let err = pool
@@ -130,13 +129,7 @@ async fn submit_timeout_gives_up_after_the_timeout_and_returns_the_job() {
 #[tokio::test(start_paused = true)]
 async fn a_waiting_submit_gets_its_job_back_when_the_pool_closes() {
     let (pool, gate) = gated(1);
-    pool.submit_detached(Job::with_id(1, Bytes::new()))
-        .await
-        .unwrap();
-    until_running(&pool).await;
-    pool.submit_detached(Job::with_id(2, Bytes::new()))
-        .await
-        .unwrap();
+    fill(&pool).await;
     let p = pool.clone();
     let waiting = tokio::spawn(async move { p.submit(Job::with_id(3, Bytes::new())).await });
     tokio::task::yield_now().await;

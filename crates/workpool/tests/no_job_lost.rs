@@ -294,3 +294,160 @@ proptest! {
         run_case(case)?;
     }
 }
+
+/// The same invariants on a multi-threaded runtime with four concurrent
+/// submitters using every submit flavour, so that real interleavings between
+/// submitters, workers, retries and shutdown happen. The assertions do not
+/// depend on timing; only which interleaving occurs does.
+#[test]
+fn conservation_holds_with_concurrent_submitters_on_many_threads() {
+    quiet_boom_panics();
+    for seed in 1..=12u64 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(stress_round(seed));
+    }
+}
+
+/// splitmix64: a reproducible stream of numbers from a seed.
+fn mix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+async fn stress_round(seed: u64) {
+    let seen = Seen::default();
+    let pool = seen
+        .hook(
+            Pool::builder()
+                .workers(4)
+                .queue_capacity(8)
+                .grace(ms(20))
+                .retry(RetryPolicy::attempts(2).with_backoff(ms(0), ms(2))),
+        )
+        .build(|job: Job<Behaviour>, ctx: JobContext| async move {
+            match *job.payload() {
+                Behaviour::Succeed(n) | Behaviour::Fail(n) | Behaviour::FailOnce(n) => {
+                    for _ in 0..n % 4 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                _ => {}
+            }
+            handler(job, ctx).await
+        })
+        .unwrap();
+    let submitters: Vec<_> = (0..4u64)
+        .map(|s| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut rng = seed * 1000 + s;
+                let (mut accepted, mut refused, mut handles) = (Vec::new(), Vec::new(), Vec::new());
+                for i in 0..300u64 {
+                    let id = s * 1_000_000 + i;
+                    let behaviour = match mix(&mut rng) % 10 {
+                        0 => Behaviour::Fail(1),
+                        1 => Behaviour::FailOnce(2),
+                        2 => Behaviour::Panic,
+                        3 => Behaviour::HangPolite,
+                        4 if mix(&mut rng) % 8 == 0 => Behaviour::HangDeaf,
+                        n => Behaviour::Succeed(n as u16),
+                    };
+                    let job = Job::with_id(id, behaviour).with_timeout(ms(30));
+                    let refused_job = match mix(&mut rng) % 4 {
+                        0 => pool.try_submit_detached(job).err().map(|e| e.into_inner()),
+                        1 => pool
+                            .submit_detached_timeout(job, ms(1))
+                            .await
+                            .err()
+                            .map(|e| e.into_inner()),
+                        2 => match pool.submit(job).await {
+                            Ok(h) => {
+                                if mix(&mut rng) % 3 == 0 {
+                                    h.cancel();
+                                }
+                                handles.push(h);
+                                None
+                            }
+                            Err(e) => Some(e.into_inner()),
+                        },
+                        _ => pool
+                            .submit_detached(job)
+                            .await
+                            .err()
+                            .map(|e| e.into_inner()),
+                    };
+                    match refused_job {
+                        Some(job) => {
+                            assert_eq!(
+                                job.id().as_u64(),
+                                Some(id),
+                                "seed {seed}: the refused job came back"
+                            );
+                            refused.push(id);
+                        }
+                        None => accepted.push(id),
+                    }
+                }
+                let mut outcomes = Vec::new();
+                for h in handles {
+                    let id = h.id().as_u64().unwrap();
+                    outcomes.push((id, h.await.kind()));
+                }
+                (accepted, refused, outcomes)
+            })
+        })
+        .collect();
+
+    // Shut down while the submitters are busy.
+    for _ in 0..(seed * 37) % 200 {
+        tokio::task::yield_now().await;
+    }
+    let started = std::time::Instant::now();
+    let report = if seed % 2 == 0 {
+        pool.shutdown(ms(40)).await
+    } else {
+        pool.shutdown_without_draining(ms(40)).await
+    };
+    let took = started.elapsed();
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let mut from_handles = Vec::new();
+    for s in submitters {
+        let (a, r, o) = s.await.unwrap();
+        accepted.extend(a);
+        refused += r.len();
+        from_handles.extend(o);
+    }
+    let stats = *report.stats();
+    let all = seen.all();
+    assert_eq!(accepted.len() + refused, 1200, "seed {seed}");
+    assert_eq!(stats.accepted, accepted.len() as u64, "seed {seed}");
+    assert_eq!(stats.finished(), stats.accepted, "seed {seed}: {stats:?}");
+    assert_eq!(
+        all.len(),
+        accepted.len(),
+        "seed {seed}: one hook call per accepted job"
+    );
+    let mut ids: Vec<u64> = all.iter().map(|s| s.0.as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    accepted.sort_unstable();
+    assert_eq!(ids, accepted, "seed {seed}: every accepted ID exactly once");
+    for (id, kind) in from_handles {
+        let hook = all.iter().find(|s| s.0.as_u64() == Some(id)).unwrap().1;
+        assert_eq!(kind, hook, "seed {seed}: handle and hook agree on {id}");
+    }
+    // Deaf jobs may hold a worker until the grace runs out; a generous bound
+    // for a loaded 2-core machine.
+    assert!(
+        took < ms(40) + ms(20) + Duration::from_secs(2),
+        "seed {seed}: shutdown took {took:?}"
+    );
+}
