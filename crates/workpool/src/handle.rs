@@ -24,6 +24,23 @@ use crate::outcome::Outcome;
 ///
 /// Awaiting the handle is cancel safe: drop the future, keep the handle,
 /// await it again.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use workpool::{Job, Outcome, Pool};
+///
+/// let pool = Pool::builder().workers(1).build(|_job: Job, ctx: workpool::JobContext| async move {
+///     ctx.cancelled().await;
+///     Err::<(), _>("cancelled")
+/// })?;
+/// let handle = pool.submit(Job::new("slow".into())).await?;
+/// handle.cancel();
+/// assert!(matches!(handle.await, Outcome::Cancelled { .. }));
+/// # Ok(()) }
+/// ```
 #[must_use = "a JobHandle does nothing unless awaited; dropping it does not cancel the job"]
 pub struct JobHandle<P = Bytes> {
     pub(crate) id: JobId,

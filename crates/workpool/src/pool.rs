@@ -76,7 +76,8 @@ impl<P: Send + 'static> PoolBuilder<P> {
     }
 
     /// Timeout for jobs that set none of their own. Default: none (no timer is
-    /// set for such jobs). At the deadline the job's signal fires; after the
+    /// set for such jobs); `Duration::ZERO` makes every such job's deadline
+    /// pass at once. At the deadline the job's signal fires; after the
     /// [`grace`](Self::grace) period it is dropped and ends `TimedOut`.
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = Some(timeout);
@@ -379,6 +380,22 @@ impl<P: Send + 'static> Pool<P> {
     ///
     /// [`TrySubmitError::Full`] or [`TrySubmitError::Closed`], with the very
     /// job inside.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use workpool::{Job, Pool, TrySubmitError};
+    ///
+    /// let pool = Pool::builder().build(|_job: Job, _ctx| async { Ok::<_, std::io::Error>(()) })?;
+    /// match pool.try_submit(Job::new("work".into())) {
+    ///     Ok(handle) => println!("accepted {}", handle.id()),
+    ///     Err(TrySubmitError::Full(job)) => println!("busy; {} comes back to be retried later", job.id()),
+    ///     Err(TrySubmitError::Closed(job)) => println!("shutting down; store {}", job.id()),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn try_submit(&self, job: Job<P>) -> Result<JobHandle<P>, TrySubmitError<P>> {
         let (env, handle) = with_handle(job);
         match self.try_push(env) {
@@ -528,8 +545,35 @@ impl<P: Send + 'static> Pool<P> {
     /// included; run such work with [`PoolBuilder::build_blocking`].
     ///
     /// May be called again, and concurrently: every caller gets the same
-    /// report, and the first call's timeout and mode apply. The shutdown runs
-    /// in a task of its own, so dropping this future does not stop it.
+    /// report, and the first call's timeout and mode apply.
+    ///
+    /// # Cancel safety
+    ///
+    /// The shutdown runs in a task of its own: dropping this future does not
+    /// stop it, and a later call gets its report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use workpool::{Job, OutcomeKind, Pool};
+    ///
+    /// let pool = Pool::builder().workers(1).build(|_job: Job, ctx: workpool::JobContext| async move {
+    ///     ctx.cancelled().await; // a job that runs until it is told to stop
+    ///     Err::<(), _>("stopped")
+    /// })?;
+    /// pool.submit_detached(Job::with_id("running", "a".into())).await?;
+    /// pool.submit_detached(Job::with_id("queued", "b".into())).await?;
+    ///
+    /// let report = pool.shutdown(Duration::from_secs(5)).await;
+    /// assert_eq!(report.ids(OutcomeKind::Cancelled), ["running".into()]);
+    /// for unstarted in report.take_unstarted() {
+    ///     assert_eq!(unstarted.job.id().to_string(), "queued"); // store it, run it after restart
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport<P> {
         shutdown::shutdown(self.shared(), true, timeout).await
     }
