@@ -37,7 +37,9 @@
 //! The queue is bounded ([`PoolBuilder::queue_capacity`]). When it is full:
 //! [`Pool::submit`] waits for room, [`Pool::try_submit`] fails at once with
 //! [`TrySubmitError::Full`], and [`Pool::submit_timeout`] gives up after its
-//! timeout. A refused job always comes back inside the error:
+//! timeout. A refused job always comes back inside the error. (As with any
+//! bounded pool, a job that waits with `submit` for room in its own full pool
+//! can wait forever; from inside a job, prefer `try_submit`.)
 //!
 //! ```
 //! # use workpool::{Job, Pool, TrySubmitError};

@@ -87,10 +87,13 @@ async fn many_panics_never_reduce_the_workers() {
             .await
             .unwrap();
     }
-    let report = pool.shutdown(Duration::from_secs(10)).await;
-    let s = report.stats();
+    while pool.stats().finished() < 100 {
+        tokio::task::yield_now().await;
+    }
+    let s = pool.stats();
     assert_eq!((s.panicked, s.succeeded), (50, 50));
     assert_eq!(s.workers, 3, "no worker died");
+    assert_eq!(seen.len(), 100);
 }
 
 #[tokio::test(start_paused = true)]
