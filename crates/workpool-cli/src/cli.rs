@@ -1,0 +1,264 @@
+//! Flags, each defined once, with the parsers for their values.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const RUN_AFTER_HELP: &str = "\
+Records:
+  Each input record is one job: a line, or with -0 a NUL-terminated record.
+  Empty records are skipped. Records are bytes: invalid UTF-8 passes through.
+  `{}` anywhere in COMMAND or its arguments is replaced by the record; with no
+  `{}`, the record is added as the last argument. No shell is involved (unless
+  you run one), so a record can never inject a command.
+
+Output:
+  Each job's stdout and stderr are printed as whole blocks when it ends, never
+  interleaved line by line with other jobs; --keep-order prints them in input
+  order. A summary goes to stderr at the end.
+
+Job log:
+  --joblog writes one JSON line per finished job (seq, record, command, exit
+  code or signal, outcome, attempts, start, duration, stderr tail), flushed
+  line by line. --resume skips records the log shows finished (succeeded,
+  failed or timed out); --resume-failed skips only those that succeeded.
+
+Signals:
+  The first SIGINT or SIGTERM stops reading input and lets running jobs finish
+  (up to --shutdown-timeout, then SIGTERM and after --kill-after SIGKILL to
+  their process groups); the records that did not run are named in the summary
+  and logged as unstarted. A second signal kills running jobs at once.
+
+Exit status:
+  0    every job succeeded
+  1    some job failed, timed out or was stopped (or --halt stopped the run)
+  2    usage or input error (bad flag, unreadable --input, unwritable or
+       corrupt --joblog); nothing was run
+  130  interrupted by SIGINT
+  143  interrupted by SIGTERM";
+
+/// workpool: run jobs on a bounded pool of workers.
+#[derive(Debug, Parser)]
+#[command(name = "workpool", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run COMMAND once per input record, N at a time (like `xargs -P` or GNU parallel).
+    #[command(after_long_help = RUN_AFTER_HELP, after_help = "See --help for records, output, job log, signals and exit status.")]
+    Run(RunArgs),
+}
+
+/// `workpool run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Commands that run at once [default: the number of CPUs]
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
+    pub jobs: Option<usize>,
+
+    /// Read records from FILE instead of standard input
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Records end with NUL instead of newline (for `find -print0`)
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+
+    /// Per-job time limit (500ms, 30s, 2m, 1h); at the deadline the job's process
+    /// group gets SIGTERM, then SIGKILL after --kill-after
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Wait between SIGTERM and SIGKILL when stopping a job
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
+    pub kill_after: Duration,
+
+    /// Run a job again up to N times after a non-zero exit or a timeout
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+
+    /// First delay before a retry; it doubles per attempt (with jitter, up to 64 times)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
+    pub retry_delay: Duration,
+
+    /// Write one JSON line per finished job to FILE (replaced unless resuming)
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+
+    /// Skip records the --joblog shows finished (succeeded, failed or timed out)
+    #[arg(long, requires = "joblog")]
+    pub resume: bool,
+
+    /// Like --resume, but run the failed and timed-out records again
+    #[arg(long, requires = "joblog", conflicts_with = "resume")]
+    pub resume_failed: bool,
+
+    /// Stop after failures: `now,fail=N` kills running jobs, `soon,fail=N` lets them finish;
+    /// no new job starts once N jobs failed
+    #[arg(long, value_name = "WHEN,fail=N", value_parser = parse_halt)]
+    pub halt: Option<Halt>,
+
+    /// Print each job's output in input order
+    #[arg(short = 'k', long)]
+    pub keep_order: bool,
+
+    /// Show a progress bar on stderr (only when stderr is a terminal)
+    #[arg(long)]
+    pub bar: bool,
+
+    /// After an interrupt, how long running jobs may take to finish
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_timeout: Duration,
+
+    /// Print the commands that would run, one per line, and run nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The command and its arguments (`--` before it is optional)
+    #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+/// When `--halt` acts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltWhen {
+    /// Kill running jobs.
+    Now,
+    /// Let running jobs finish.
+    Soon,
+}
+
+/// `--halt WHEN,fail=N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Halt {
+    pub when: HaltWhen,
+    pub failures: u64,
+}
+
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// `500ms`, `30s`, `1.5s`, `2m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || {
+        format!("invalid duration `{s}`: expected a number with a unit, like 500ms, 30s, 2m or 1h")
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+}
+
+/// `now,fail=N` or `soon,fail=N`.
+pub fn parse_halt(s: &str) -> Result<Halt, String> {
+    let bad =
+        || format!("invalid --halt `{s}`: expected now,fail=N or soon,fail=N with N at least 1");
+    let (when, rest) = s.split_once(',').ok_or_else(bad)?;
+    let when = match when {
+        "now" => HaltWhen::Now,
+        "soon" => HaltWhen::Soon,
+        _ => return Err(bad()),
+    };
+    let n = rest.strip_prefix("fail=").ok_or_else(bad)?;
+    match n.parse::<u64>() {
+        Ok(failures) if failures > 0 => Ok(Halt { when, failures }),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        for bad in ["", "s", "abc", "5x", "-1s", "1..2s", "1e999s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn halt() {
+        assert_eq!(
+            parse_halt("now,fail=1"),
+            Ok(Halt {
+                when: HaltWhen::Now,
+                failures: 1
+            })
+        );
+        assert_eq!(
+            parse_halt("soon,fail=3"),
+            Ok(Halt {
+                when: HaltWhen::Soon,
+                failures: 3
+            })
+        );
+        for bad in [
+            "now",
+            "later,fail=1",
+            "now,fail=0",
+            "now,fail=x",
+            "now,success=1",
+            "now,fail=10%",
+        ] {
+            assert!(parse_halt(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jobs() {
+        assert_eq!(parse_jobs("4"), Ok(4));
+        assert!(parse_jobs("0").is_err());
+        assert!(parse_jobs("four").is_err());
+    }
+
+    #[test]
+    fn the_command_needs_no_double_dash_and_keeps_its_flags() {
+        let cli = Cli::try_parse_from(["workpool", "run", "-j", "2", "echo", "-n", "{}"]).unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.jobs, Some(2));
+        assert_eq!(args.command, ["echo", "-n", "{}"]);
+        let cli = Cli::try_parse_from(["workpool", "run", "--", "ls", "-l"]).unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.command, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn resume_needs_a_joblog() {
+        assert!(Cli::try_parse_from(["workpool", "run", "--resume", "true"]).is_err());
+    }
+}

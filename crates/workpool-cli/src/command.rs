@@ -1,0 +1,312 @@
+//! Building a job's argv from the template, running it in a process group of
+//! its own, and stopping that whole group.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use workpool::JobContext;
+
+const PLACEHOLDER: &[u8] = b"{}";
+
+/// The command line with `{}` placeholders.
+#[derive(Clone, Debug)]
+pub struct Template {
+    args: Vec<OsString>,
+    has_placeholder: bool,
+}
+
+impl Template {
+    pub fn new(args: Vec<OsString>) -> Self {
+        let has_placeholder = args.iter().any(|a| contains(a.as_bytes(), PLACEHOLDER));
+        Template {
+            args,
+            has_placeholder,
+        }
+    }
+
+    /// The argv for one record: every `{}` replaced by it, or, with no `{}`,
+    /// the record appended. The record always lands inside one argument.
+    pub fn argv(&self, record: &[u8]) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = self
+            .args
+            .iter()
+            .map(|a| OsString::from_vec(replace(a.as_bytes(), PLACEHOLDER, record)))
+            .collect();
+        if !self.has_placeholder {
+            argv.push(OsString::from_vec(record.to_vec()));
+        }
+        argv
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(i) = rest.windows(needle.len()).position(|w| w == needle) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(with);
+        rest = &rest[i + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// A command line for people: each argument shell-quoted when it needs it.
+pub fn display(argv: &[OsString]) -> String {
+    argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+fn quote(arg: &OsStr) -> String {
+    let s = arg.to_string_lossy();
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// It could not be started; the text says why.
+    NotStarted(String),
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit status {c}"),
+            Exit::Signal(s) => {
+                let name = Signal::try_from(*s)
+                    .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_string());
+                format!("killed by {name}")
+            }
+            Exit::NotStarted(why) => why.clone(),
+        }
+    }
+}
+
+/// What one run of a command left behind.
+#[derive(Debug)]
+pub struct Ran {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Signals a whole process group. An error (the group is gone) is fine.
+fn signal_group(pgid: i32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid), signal);
+}
+
+/// Kills the group if it is dropped before the command was waited for: when
+/// the pool gives up on a job and drops its future, nothing stays behind.
+struct GroupGuard {
+    pgid: i32,
+    reaped: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs `argv` in a new process group with stdin closed and output captured.
+///
+/// When `ctx` is cancelled (deadline, shutdown), the group gets SIGTERM and,
+/// if it has not exited after `kill_after`, SIGKILL; when `kill_now` fires,
+/// SIGKILL at once. When the command exits, whatever it left running in its
+/// group is killed, so no stray outlives the job or holds its pipes open.
+pub async fn run(
+    argv: &[OsString],
+    ctx: &JobContext,
+    kill_after: Duration,
+    kill_now: &CancellationToken,
+    groups: &Mutex<HashSet<i32>>,
+) -> Ran {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Ran {
+                exit: Exit::NotStarted(format!("cannot run {}: {e}", quote(&argv[0]))),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+        }
+    };
+    // A spawned child that has not been waited for always has an id.
+    let pgid = child.id().map_or(0, |id| id as i32);
+    let mut guard = GroupGuard {
+        pgid,
+        reaped: false,
+    };
+    lock(groups).insert(pgid);
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let read_out = async {
+        let mut buf = Vec::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let read_err = async {
+        let mut buf = Vec::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let wait = async {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = ctx.cancelled() => {
+                if kill_now.is_cancelled() {
+                    signal_group(pgid, Signal::SIGKILL);
+                } else {
+                    signal_group(pgid, Signal::SIGTERM);
+                }
+                tokio::select! {
+                    status = child.wait() => status,
+                    _ = tokio::time::sleep(kill_after) => {
+                        signal_group(pgid, Signal::SIGKILL);
+                        child.wait().await
+                    }
+                    _ = kill_now.cancelled() => {
+                        signal_group(pgid, Signal::SIGKILL);
+                        child.wait().await
+                    }
+                }
+            }
+        };
+        // Strays left in the group die with the job.
+        signal_group(pgid, Signal::SIGKILL);
+        status
+    };
+    let (status, stdout, stderr) = tokio::join!(wait, read_out, read_err);
+    guard.reaped = true;
+    lock(groups).remove(&pgid);
+    let exit = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::NotStarted("ended with an unknown status".into()),
+        },
+        Err(e) => Exit::NotStarted(format!("waiting for the command failed: {e}")),
+    };
+    Ran {
+        exit,
+        stdout,
+        stderr,
+    }
+}
+
+/// The last `lines` lines of `bytes`, as text, at most `max` bytes.
+pub fn tail(bytes: &[u8], lines: usize, max: usize) -> String {
+    let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut start = trimmed.len();
+    for _ in 0..lines {
+        match trimmed[..start].iter().rposition(|b| *b == b'\n') {
+            Some(i) => start = i,
+            None => {
+                start = 0;
+                break;
+            }
+        }
+    }
+    let mut slice = &trimmed[start..];
+    if slice.first() == Some(&b'\n') {
+        slice = &slice[1..];
+    }
+    if slice.len() > max {
+        slice = &slice[slice.len() - max..];
+    }
+    String::from_utf8_lossy(slice).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn placeholders_are_replaced_inside_arguments() {
+        let t = Template::new(os(&["cp", "{}", "backup/{}.bak"]));
+        assert_eq!(t.argv(b"a b"), os(&["cp", "a b", "backup/a b.bak"]));
+    }
+
+    #[test]
+    fn without_placeholder_the_record_is_appended() {
+        let t = Template::new(os(&["echo", "-n"]));
+        assert_eq!(t.argv(b"x"), os(&["echo", "-n", "x"]));
+    }
+
+    #[test]
+    fn a_record_is_one_argument_whatever_it_holds() {
+        let t = Template::new(os(&["printf", "%s", "{}"]));
+        let evil = b"$(touch pwned); rm -rf x {}";
+        let argv = t.argv(evil);
+        assert_eq!(argv.len(), 3);
+        assert_eq!(argv[2].as_bytes(), evil);
+    }
+
+    #[test]
+    fn invalid_utf8_passes_through() {
+        let t = Template::new(os(&["cat", "{}"]));
+        assert_eq!(t.argv(b"\xff\xfe")[1].as_bytes(), b"\xff\xfe");
+    }
+
+    #[test]
+    fn display_quotes_what_needs_it() {
+        assert_eq!(
+            display(&os(&["echo", "a b", "it's", "x"])),
+            r"echo 'a b' 'it'\''s' x"
+        );
+    }
+
+    #[test]
+    fn tails() {
+        assert_eq!(tail(b"1\n2\n3\n4\n", 2, 100), "3\n4");
+        assert_eq!(tail(b"only", 3, 100), "only");
+        assert_eq!(tail(b"", 3, 100), "");
+        assert_eq!(tail(b"abcdef", 1, 3), "def");
+    }
+}

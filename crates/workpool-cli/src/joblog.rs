@@ -1,0 +1,333 @@
+//! The job log: one JSON object per line, one line per finished job, and
+//! reading it back for `--resume`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of the job log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position of the record among the input's non-empty records, from 1.
+    pub seq: u64,
+    /// The record, when it is valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The record's bytes in hex, when it is not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_hex: Option<String>,
+    /// The command line of the last attempt (empty if it never ran).
+    pub command: Vec<String>,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal number, if a signal ended it.
+    pub signal: Option<i32>,
+    /// succeeded, failed, timed_out, cancelled, unstarted or abandoned.
+    pub outcome: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Start of the last attempt, seconds since the Unix epoch.
+    pub start: Option<f64>,
+    /// Seconds from the first attempt's start to the end.
+    pub duration: f64,
+    /// Why it failed, in words (exit status, signal, could not start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last lines of the last attempt's stderr.
+    #[serde(default)]
+    pub stderr_tail: String,
+}
+
+impl Entry {
+    /// The record's bytes, from `record` or `record_hex`.
+    pub fn record_bytes(&self) -> Option<Vec<u8>> {
+        match (&self.record, &self.record_hex) {
+            (Some(s), _) => Some(s.as_bytes().to_vec()),
+            (None, Some(h)) => from_hex(h),
+            (None, None) => None,
+        }
+    }
+
+    /// Stores `bytes` as text when they are UTF-8, as hex otherwise.
+    pub fn set_record(&mut self, bytes: &[u8]) {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                self.record = Some(s.to_string());
+                self.record_hex = None;
+            }
+            Err(_) => {
+                self.record = None;
+                self.record_hex = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
+            }
+        }
+    }
+}
+
+fn from_hex(h: &str) -> Option<Vec<u8>> {
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What the previous runs recorded, per record number: the last entry wins.
+#[derive(Debug, Default)]
+pub struct Previous {
+    entries: HashMap<u64, (usize, Entry)>,
+}
+
+/// What `--resume` does with a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Skip records that finished: succeeded, failed, timed out.
+    Finished,
+    /// Skip only records that succeeded.
+    Succeeded,
+}
+
+impl Previous {
+    /// Whether record `seq` should be skipped.
+    ///
+    /// # Errors
+    ///
+    /// When the log has a different record under this number: the input
+    /// changed since the log was written.
+    pub fn skip(
+        &self,
+        seq: u64,
+        record: &[u8],
+        mode: ResumeMode,
+        path: &Path,
+    ) -> Result<bool, String> {
+        let Some((line, entry)) = self.entries.get(&seq) else {
+            return Ok(false);
+        };
+        if entry.record_bytes().as_deref() != Some(record) {
+            return Err(format!(
+                "{}:{line}: record {seq} was {:?} but the input now has {:?} there; the input changed since the job log was written",
+                path.display(),
+                entry.record.as_deref().unwrap_or("(bytes)"),
+                String::from_utf8_lossy(record)
+            ));
+        }
+        Ok(match mode {
+            ResumeMode::Finished => {
+                matches!(entry.outcome.as_str(), "succeeded" | "failed" | "timed_out")
+            }
+            ResumeMode::Succeeded => entry.outcome == "succeeded",
+        })
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Parses a job log's text.
+///
+/// A last line without its newline that does not parse was cut off by a
+/// crash: it is reported in the second value (its byte offset) and ignored.
+///
+/// # Errors
+///
+/// Any other line that is not a job log entry, named by its number.
+pub fn parse(text: &[u8], path: &Path) -> Result<(Previous, Option<usize>), String> {
+    let mut previous = Previous::default();
+    let mut offset = 0;
+    let ends_with_newline = text.last() == Some(&b'\n');
+    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    let count = lines.len();
+    for (i, line) in lines.into_iter().enumerate() {
+        let number = i + 1;
+        let last = i + 1 == count;
+        if line.is_empty() {
+            offset += 1;
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(entry) => {
+                previous.entries.insert(entry.seq, (number, entry));
+            }
+            Err(_) if last && !ends_with_newline => return Ok((previous, Some(offset))),
+            Err(e) => {
+                return Err(format!(
+                    "{}:{number}: not a workpool job log entry ({e}); refusing to resume from it",
+                    path.display()
+                ));
+            }
+        }
+        offset += line.len() + 1;
+    }
+    Ok((previous, None))
+}
+
+/// The open job log. Each entry is written with one `write_all` of a whole
+/// line and no buffering, so a crash loses at most the line being written.
+pub struct JobLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl JobLog {
+    /// Creates (or, resuming, reopens) the log, before anything runs.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the file when it cannot be opened, read or parsed.
+    pub fn open(path: &Path, resume: bool) -> Result<(JobLog, Previous), String> {
+        let fail =
+            |what: &str, e: io::Error| format!("cannot {what} job log {}: {e}", path.display());
+        if !resume {
+            let file = File::create(path).map_err(|e| fail("create", e))?;
+            return Ok((
+                JobLog {
+                    file,
+                    path: path.to_path_buf(),
+                },
+                Previous::default(),
+            ));
+        }
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(fail("read", e)),
+        };
+        let (previous, cut) = parse(&text, path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| fail("open", e))?;
+        if let Some(offset) = cut {
+            eprintln!(
+                "workpool: warning: {}: the last line was cut off (a crash while writing?); ignoring it",
+                path.display()
+            );
+            file.set_len(offset as u64).map_err(|e| fail("repair", e))?;
+        }
+        Ok((
+            JobLog {
+                file,
+                path: path.to_path_buf(),
+            },
+            previous,
+        ))
+    }
+
+    pub fn write(&mut self, entry: &Entry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(seq: u64, record: &[u8], outcome: &str) -> Entry {
+        let mut e = Entry {
+            seq,
+            record: None,
+            record_hex: None,
+            command: vec!["echo".into()],
+            exit_code: Some(0),
+            signal: None,
+            outcome: outcome.into(),
+            attempts: 1,
+            start: Some(1.0),
+            duration: 0.5,
+            error: None,
+            stderr_tail: String::new(),
+        };
+        e.set_record(record);
+        e
+    }
+
+    fn log(entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            out.extend(serde_json::to_vec(e).unwrap());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    #[test]
+    fn records_round_trip_as_text_or_hex() {
+        for bytes in [&b"plain"[..], b"\xff\x00bad"] {
+            let e = entry(1, bytes, "succeeded");
+            let back: Entry = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+            assert_eq!(back.record_bytes().unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn resume_skips_by_mode_and_the_last_entry_wins() {
+        let p = Path::new("log");
+        let text = log(&[
+            entry(1, b"a", "failed"),
+            entry(2, b"b", "succeeded"),
+            entry(3, b"c", "unstarted"),
+            entry(1, b"a", "succeeded"),
+        ]);
+        let (prev, cut) = parse(&text, p).unwrap();
+        assert_eq!(cut, None);
+        assert_eq!(prev.skip(1, b"a", ResumeMode::Succeeded, p), Ok(true));
+        assert_eq!(prev.skip(2, b"b", ResumeMode::Finished, p), Ok(true));
+        assert_eq!(prev.skip(3, b"c", ResumeMode::Finished, p), Ok(false));
+        assert_eq!(prev.skip(4, b"d", ResumeMode::Finished, p), Ok(false));
+        let text = log(&[entry(1, b"a", "failed")]);
+        let (prev, _) = parse(&text, p).unwrap();
+        assert_eq!(prev.skip(1, b"a", ResumeMode::Finished, p), Ok(true));
+        assert_eq!(prev.skip(1, b"a", ResumeMode::Succeeded, p), Ok(false));
+        assert!(
+            prev.skip(1, b"changed", ResumeMode::Finished, p)
+                .unwrap_err()
+                .contains("input changed")
+        );
+    }
+
+    #[test]
+    fn a_cut_last_line_is_ignored_and_located() {
+        let p = Path::new("log");
+        let mut text = log(&[entry(1, b"a", "succeeded")]);
+        let good = text.len();
+        text.extend_from_slice(br#"{"seq":2,"rec"#);
+        let (prev, cut) = parse(&text, p).unwrap();
+        assert_eq!(cut, Some(good));
+        assert_eq!(prev.len(), 1);
+    }
+
+    #[test]
+    fn a_corrupt_line_elsewhere_is_an_error_naming_it() {
+        let p = Path::new("jobs.log");
+        let mut text = log(&[entry(1, b"a", "succeeded")]);
+        text.extend_from_slice(b"this is not json\n");
+        text.extend(log(&[entry(2, b"b", "succeeded")]));
+        let err = parse(&text, p).unwrap_err();
+        assert!(
+            err.starts_with("jobs.log:2: not a workpool job log entry"),
+            "{err}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse(&bytes, Path::new("x"));
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The reporter: one task that receives every job's end, prints its output as
+//! a block (in input order with --keep-order), writes the job log, drives the
+//! progress bar, decides when --halt applies, and builds the summary.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::{Semaphore, mpsc};
+use workpool::OutcomeKind;
+
+use crate::cli::{Halt, HaltWhen};
+use crate::command::{self, Exit};
+use crate::joblog::{Entry, JobLog};
+
+/// A job's end, as the pool's outcome hook saw it.
+#[derive(Debug)]
+pub struct Done {
+    pub seq: u64,
+    pub record: Vec<u8>,
+    pub kind: OutcomeKind,
+    pub attempts: u32,
+    pub duration: Duration,
+    /// Present once an attempt started.
+    pub argv: Vec<OsString>,
+    pub start: Option<SystemTime>,
+    pub exit: Option<Exit>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// What the reader and the hook tell the reporter.
+#[derive(Debug)]
+pub enum Event {
+    /// A record was handed to the pool (sent before the submit).
+    Submitted(u64),
+    /// A record was read but the pool refused it (shutting down): not run.
+    Refused(u64, Vec<u8>),
+    /// A record was skipped because the job log shows it done.
+    Skipped,
+    /// A job ended.
+    Done(Box<Done>),
+    /// The reader stopped: no more `Submitted` will come.
+    InputDone,
+    /// Everything has been sent; build the summary.
+    Finish,
+}
+
+/// Why the run should stop early; sent to the main task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Halt(HaltWhen),
+    /// Our stdout was closed (e.g. `| head`): finish what runs, start nothing.
+    StdoutClosed,
+    /// Every submitted job ended and the input is exhausted.
+    AllDone,
+    /// Reading the input failed, or it no longer matches the job log.
+    InputFailed(String),
+}
+
+pub struct Reporter {
+    pub keep_order: bool,
+    pub halt: Option<Halt>,
+    pub joblog: Option<JobLog>,
+    pub bar: Option<ProgressBar>,
+    /// With --keep-order: one permit per job whose output is not yet printed.
+    pub window: Option<std::sync::Arc<Semaphore>>,
+    pub timeout: Option<Duration>,
+    pub stop: mpsc::UnboundedSender<Stop>,
+}
+
+/// What the run did, for the summary and the exit status.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub counts: HashMap<OutcomeKind, u64>,
+    pub skipped: u64,
+    /// (record, why) for the first failures.
+    pub first_failures: Vec<(String, String)>,
+    pub not_run: Vec<String>,
+    pub not_run_total: u64,
+    pub halted: bool,
+    pub joblog_error: Option<String>,
+}
+
+const SHOWN: usize = 5;
+
+impl Summary {
+    pub fn count(&self, kind: OutcomeKind) -> u64 {
+        self.counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Whether any job ended without success (not counting records not run).
+    pub fn any_failed(&self) -> bool {
+        OutcomeKind::ALL
+            .iter()
+            .filter(|k| !matches!(k, OutcomeKind::Succeeded | OutcomeKind::Unstarted))
+            .any(|k| self.count(*k) > 0)
+    }
+
+    /// The summary text for stderr.
+    pub fn render(&self, elapsed: Duration) -> String {
+        let ran: u64 = OutcomeKind::ALL
+            .iter()
+            .filter(|k| **k != OutcomeKind::Unstarted)
+            .map(|k| self.count(*k))
+            .sum();
+        let mut parts = vec![format!("{} succeeded", self.count(OutcomeKind::Succeeded))];
+        for (kind, word) in [
+            (OutcomeKind::Failed, "failed"),
+            (OutcomeKind::TimedOut, "timed out"),
+            (OutcomeKind::Cancelled, "stopped"),
+            (OutcomeKind::Abandoned, "abandoned"),
+            (OutcomeKind::Panicked, "crashed"),
+        ] {
+            if self.count(kind) > 0 {
+                parts.push(format!("{} {word}", self.count(kind)));
+            }
+        }
+        if self.not_run_total > 0 {
+            parts.push(format!("{} not run", self.not_run_total));
+        }
+        if self.skipped > 0 {
+            parts.push(format!("{} skipped (already in the job log)", self.skipped));
+        }
+        let mut out = format!(
+            "workpool: {ran} jobs in {:.2?}: {}\n",
+            elapsed,
+            parts.join(", ")
+        );
+        for (record, why) in &self.first_failures {
+            out.push_str(&format!("  failed: {record}: {why}\n"));
+        }
+        let failures = self.count(OutcomeKind::Failed) + self.count(OutcomeKind::TimedOut);
+        if failures > self.first_failures.len() as u64 {
+            out.push_str(&format!(
+                "  ... and {} more failures\n",
+                failures - self.first_failures.len() as u64
+            ));
+        }
+        if self.not_run_total > 0 {
+            let more = self.not_run_total - self.not_run.len() as u64;
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("  not run: {}{more}\n", self.not_run.join(", ")));
+        }
+        if self.halted {
+            out.push_str("  halted: --halt limit reached\n");
+        }
+        if let Some(e) = &self.joblog_error {
+            out.push_str(&format!("  job log: {e}\n"));
+        }
+        out
+    }
+}
+
+fn show(record: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(record))
+}
+
+fn kind_name(kind: OutcomeKind) -> &'static str {
+    kind.as_str()
+}
+
+impl Reporter {
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Summary {
+        let mut summary = Summary::default();
+        let mut order: VecDeque<u64> = VecDeque::new();
+        let mut waiting: HashMap<u64, Box<Done>> = HashMap::new();
+        let (mut submitted, mut ended, mut failures) = (0u64, 0u64, 0u64);
+        let mut input_done = false;
+        let mut stdout_open = true;
+        let mut halted_sent = false;
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Submitted(seq) => {
+                    submitted += 1;
+                    if self.keep_order {
+                        order.push_back(seq);
+                    }
+                }
+                Event::Refused(seq, record) => {
+                    self.not_run(&mut summary, seq, &record);
+                    if self.keep_order {
+                        order.retain(|s| *s != seq);
+                    }
+                    // It was counted as submitted just before the refusal.
+                    submitted = submitted.saturating_sub(1);
+                }
+                Event::Skipped => summary.skipped += 1,
+                Event::Done(done) => {
+                    ended += 1;
+                    *summary.counts.entry(done.kind).or_default() += 1;
+                    if matches!(done.kind, OutcomeKind::Failed | OutcomeKind::TimedOut) {
+                        failures += 1;
+                        if summary.first_failures.len() < SHOWN {
+                            summary
+                                .first_failures
+                                .push((show(&done.record), self.why(&done)));
+                        }
+                    }
+                    if done.kind == OutcomeKind::Unstarted {
+                        summary.not_run_total += 1;
+                        if summary.not_run.len() < SHOWN * 2 {
+                            summary.not_run.push(show(&done.record));
+                        }
+                    }
+                    self.log(&mut summary, &done);
+                    if let Some(bar) = &self.bar {
+                        bar.inc(1);
+                        bar.set_message(format!("{failures} failed"));
+                    }
+                    if self.keep_order {
+                        waiting.insert(done.seq, done);
+                        while let Some(next) = order.front().and_then(|s| waiting.remove(s)) {
+                            order.pop_front();
+                            stdout_open &= self.print(&next);
+                            if let Some(w) = &self.window {
+                                w.add_permits(1);
+                            }
+                        }
+                    } else {
+                        stdout_open &= self.print(&done);
+                    }
+                    if !stdout_open && !halted_sent {
+                        halted_sent = true;
+                        let _ = self.stop.send(Stop::StdoutClosed);
+                    }
+                    if let Some(h) = self.halt
+                        && failures >= h.failures
+                        && !halted_sent
+                    {
+                        halted_sent = true;
+                        summary.halted = true;
+                        let _ = self.stop.send(Stop::Halt(h.when));
+                    }
+                }
+                Event::InputDone => input_done = true,
+                Event::Finish => break,
+            }
+            if input_done && ended >= submitted {
+                let _ = self.stop.send(Stop::AllDone);
+            }
+        }
+        // Anything still waiting for its turn (its predecessor never ended) is printed now.
+        let mut rest: Vec<_> = waiting.into_values().collect();
+        rest.sort_by_key(|d| d.seq);
+        for d in rest {
+            self.print(&d);
+        }
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        summary
+    }
+
+    fn not_run(&mut self, summary: &mut Summary, seq: u64, record: &[u8]) {
+        summary.not_run_total += 1;
+        if summary.not_run.len() < SHOWN * 2 {
+            summary.not_run.push(show(record));
+        }
+        let done = Done {
+            seq,
+            record: record.to_vec(),
+            kind: OutcomeKind::Unstarted,
+            attempts: 0,
+            duration: Duration::ZERO,
+            argv: Vec::new(),
+            start: None,
+            exit: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        self.log(summary, &done);
+    }
+
+    fn why(&self, done: &Done) -> String {
+        let exit = done.exit.as_ref().map(Exit::describe);
+        let mut why = match (done.kind, self.timeout) {
+            (OutcomeKind::TimedOut, Some(t)) => format!("timed out after {t:?}"),
+            _ => exit.unwrap_or_else(|| kind_name(done.kind).to_string()),
+        };
+        if done.attempts > 1 {
+            why.push_str(&format!(" (after {} attempts)", done.attempts));
+        }
+        let tail = command::tail(&done.stderr, 1, 200);
+        if !tail.is_empty() {
+            why.push_str(": ");
+            why.push_str(&tail);
+        }
+        why
+    }
+
+    fn log(&mut self, summary: &mut Summary, done: &Done) {
+        let Some(log) = self.joblog.as_mut() else {
+            return;
+        };
+        let (exit_code, signal) = match &done.exit {
+            Some(Exit::Code(c)) => (Some(*c), None),
+            Some(Exit::Signal(s)) => (None, Some(*s)),
+            _ => (None, None),
+        };
+        let error = match (&done.exit, done.kind) {
+            (_, OutcomeKind::Succeeded) => None,
+            (_, OutcomeKind::TimedOut) => Some(match self.timeout {
+                Some(t) => format!("timed out after {t:?}"),
+                None => "timed out".into(),
+            }),
+            (Some(e), _) => Some(e.describe()),
+            (None, kind) => Some(kind_name(kind).replace('_', " ")),
+        };
+        let mut entry = Entry {
+            seq: done.seq,
+            record: None,
+            record_hex: None,
+            command: done
+                .argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            exit_code,
+            signal,
+            outcome: kind_name(done.kind).to_string(),
+            attempts: done.attempts,
+            start: done
+                .start
+                .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64()),
+            duration: done.duration.as_secs_f64(),
+            error,
+            stderr_tail: command::tail(&done.stderr, 5, 2000),
+        };
+        entry.set_record(&done.record);
+        if let Err(e) = log.write(&entry)
+            && summary.joblog_error.is_none()
+        {
+            let msg = format!("writing {} failed: {e}", log.path().display());
+            eprintln!("workpool: {msg}");
+            summary.joblog_error = Some(msg);
+        }
+    }
+
+    /// Prints a job's output as two whole blocks. Returns false once our
+    /// stdout is closed.
+    fn print(&self, done: &Done) -> bool {
+        if done.stdout.is_empty() && done.stderr.is_empty() {
+            return true;
+        }
+        let write = || -> bool {
+            let mut open = true;
+            if !done.stdout.is_empty() {
+                let mut out = io::stdout().lock();
+                if let Err(e) = out.write_all(&done.stdout).and_then(|_| out.flush()) {
+                    open = e.kind() != io::ErrorKind::BrokenPipe;
+                }
+            }
+            if !done.stderr.is_empty() {
+                let mut err = io::stderr().lock();
+                let _ = err.write_all(&done.stderr).and_then(|_| err.flush());
+            }
+            open
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+/// A progress bar on stderr, when asked for and stderr is a terminal.
+pub fn progress_bar(wanted: bool, total: Option<u64>) -> Option<ProgressBar> {
+    use std::io::IsTerminal;
+    if !wanted || !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    let template = if total.is_some() {
+        "{bar:30} {pos}/{len} done, {msg}, {prefix} running, {per_sec}, eta {eta}"
+    } else {
+        "{spinner} {pos} done, {msg}, {prefix} running, {per_sec}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_message("0 failed");
+    bar.set_prefix("0");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(bar)
+}
