@@ -1,6 +1,7 @@
 //! The reporter: one task that receives every job's end, prints its output as
 //! a block (in input order with --keep-order), writes the job log, drives the
-//! progress bar, decides when --halt applies, and builds the summary.
+//! progress bar, and builds the summary. (--halt is decided earlier, in the
+//! outcome hook, so that no job starts after the limit: see `run.rs`.)
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -11,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 use workpool::OutcomeKind;
 
-use crate::cli::{Halt, HaltWhen};
+use crate::cli::HaltWhen;
 use crate::command::{self, Exit};
 use crate::joblog::{Entry, JobLog};
 
@@ -62,7 +63,6 @@ pub enum Stop {
 
 pub struct Reporter {
     pub keep_order: bool,
-    pub halt: Option<Halt>,
     pub joblog: Option<JobLog>,
     pub bar: Option<ProgressBar>,
     /// With --keep-order: one permit per job whose output is not yet printed.
@@ -174,7 +174,7 @@ impl Reporter {
         let (mut submitted, mut ended, mut failures) = (0u64, 0u64, 0u64);
         let mut input_done = false;
         let mut stdout_open = true;
-        let mut halted_sent = false;
+        let mut stdout_stop_sent = false;
         while let Some(event) = events.recv().await {
             match event {
                 Event::Submitted(seq) => {
@@ -226,17 +226,9 @@ impl Reporter {
                     } else {
                         stdout_open &= self.print(&done);
                     }
-                    if !stdout_open && !halted_sent {
-                        halted_sent = true;
+                    if !stdout_open && !stdout_stop_sent {
+                        stdout_stop_sent = true;
                         let _ = self.stop.send(Stop::StdoutClosed);
-                    }
-                    if let Some(h) = self.halt
-                        && failures >= h.failures
-                        && !halted_sent
-                    {
-                        halted_sent = true;
-                        summary.halted = true;
-                        let _ = self.stop.send(Stop::Halt(h.when));
                     }
                 }
                 Event::InputDone => input_done = true,

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,9 +12,11 @@ use tokio::io::{AsyncBufRead, BufReader};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use workpool::{Completion, Job, JobContext, Outcome, Pool, RetryPolicy};
+use workpool::{
+    BoxError, Completion, Job, JobContext, Outcome, OutcomeKind, Pool, RetryPolicy, permanent,
+};
 
-use crate::cli::{HaltWhen, RunArgs};
+use crate::cli::{Halt, HaltWhen, RunArgs};
 use crate::command::{self, Ran, Template};
 use crate::input::Records;
 use crate::joblog::{JobLog, Previous, ResumeMode};
@@ -28,6 +31,8 @@ struct AttemptInfo {
     argv: Vec<OsString>,
     start: SystemTime,
     ran: Option<Ran>,
+    /// Not started because the run halted.
+    halted: bool,
 }
 
 /// Shared by the handler and the outcome hook.
@@ -39,7 +44,27 @@ struct State {
     attempts: Mutex<HashMap<u64, AttemptInfo>>,
     /// Process groups still alive, killed on the way out whatever happened.
     groups: Arc<Mutex<HashSet<i32>>>,
+    halt: Option<Halt>,
+    /// Final failures so far, counted in the outcome hook.
+    failures: AtomicU64,
+    /// Set in the outcome hook when --halt's limit is reached. The hook runs
+    /// on the worker before it takes its next job, and the handler checks
+    /// this before starting a command: so no job starts after the limit.
+    halted: AtomicBool,
+    stop: mpsc::UnboundedSender<Stop>,
 }
+
+/// The error of a job that was not started because the run halted.
+#[derive(Debug)]
+struct Halted;
+
+impl std::fmt::Display for Halted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not started: the run halted")
+    }
+}
+
+impl std::error::Error for Halted {}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -143,15 +168,19 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
     let state = Arc::new(State {
         template,
         kill_after: args.kill_after,
         kill_now: CancellationToken::new(),
         attempts: Mutex::new(HashMap::new()),
         groups: Arc::new(Mutex::new(HashSet::new())),
+        halt: args.halt,
+        failures: AtomicU64::new(0),
+        halted: AtomicBool::new(false),
+        stop: stop_tx.clone(),
     });
-    let (events, events_rx) = mpsc::unbounded_channel();
-    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
 
     let mut builder = Pool::builder()
         .workers(jobs)
@@ -173,7 +202,9 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let handler_state = state.clone();
     let pool: Pool<Vec<u8>> = builder
         .on_outcome(move |c: &Completion<Vec<u8>>| {
-            let _ = hook_events.send(Event::Done(Box::new(done_from(&hook_state, c))));
+            let done = done_from(&hook_state, c);
+            check_halt(&hook_state, done.kind);
+            let _ = hook_events.send(Event::Done(Box::new(done)));
         })
         .build(move |job: Job<Vec<u8>>, ctx: JobContext| {
             let st = handler_state.clone();
@@ -187,7 +218,6 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let bar = progress_bar(args.bar, total);
     let reporter = Reporter {
         keep_order: args.keep_order,
-        halt: args.halt,
         joblog,
         bar: bar.clone(),
         window: window.clone(),
@@ -270,7 +300,8 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         input_error.get_or_insert(e);
     }
     let _ = events.send(Event::Finish);
-    let summary = reporter.await.unwrap_or_default();
+    let mut summary = reporter.await.unwrap_or_default();
+    summary.halted = state.halted.load(Ordering::SeqCst);
     // No child outlives us, even one whose job the pool gave up on.
     for pgid in lock(&state.groups).drain() {
         let _ = nix::sys::signal::killpg(
@@ -377,8 +408,35 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
     result
 }
 
-async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<(), String> {
+/// Counts a final failure and, at --halt's limit, stops new jobs at once and
+/// tells the main task.
+fn check_halt(st: &State, kind: OutcomeKind) {
+    let Some(halt) = st.halt else { return };
+    if !matches!(kind, OutcomeKind::Failed | OutcomeKind::TimedOut) {
+        return;
+    }
+    let failures = st.failures.fetch_add(1, Ordering::SeqCst) + 1;
+    if failures >= halt.failures && !st.halted.swap(true, Ordering::SeqCst) {
+        let _ = st.stop.send(Stop::Halt(halt.when));
+    }
+}
+
+async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<(), BoxError> {
     let seq = ctx.id().as_u64().unwrap_or(0);
+    if st.halted.load(Ordering::SeqCst) {
+        // Taken from the queue after the halt: reported as not run.
+        lock(&st.attempts).insert(
+            seq,
+            AttemptInfo {
+                record: job.into_payload(),
+                argv: Vec::new(),
+                start: SystemTime::now(),
+                ran: None,
+                halted: true,
+            },
+        );
+        return Err(permanent(Halted).into());
+    }
     let argv = st.template.argv(job.payload());
     lock(&st.attempts).insert(
         seq,
@@ -387,13 +445,14 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<()
             argv: argv.clone(),
             start: SystemTime::now(),
             ran: None,
+            halted: false,
         },
     );
     let ran = command::run(&argv, &ctx, st.kill_after, &st.kill_now, &st.groups).await;
     let result = if ran.exit.success() {
         Ok(())
     } else {
-        Err(ran.exit.describe())
+        Err(ran.exit.describe().into())
     };
     if let Some(a) = lock(&st.attempts).get_mut(&seq) {
         a.ran = Some(ran);
@@ -411,9 +470,10 @@ fn done_from(st: &State, c: &Completion<Vec<u8>>) -> Done {
         (_, Some(info)) => info.record.clone(),
         (_, None) => Vec::new(),
     };
+    let halted = info.as_ref().is_some_and(|i| i.halted);
     let (argv, start, ran) = match info {
-        Some(i) => (i.argv, Some(i.start), i.ran),
-        None => (Vec::new(), None, None),
+        Some(i) if !i.halted => (i.argv, Some(i.start), i.ran),
+        _ => (Vec::new(), None, None),
     };
     let (exit, stdout, stderr) = match ran {
         Some(r) => (Some(r.exit), r.stdout, r.stderr),
@@ -422,8 +482,12 @@ fn done_from(st: &State, c: &Completion<Vec<u8>>) -> Done {
     Done {
         seq,
         record,
-        kind: c.outcome.kind(),
-        attempts: c.outcome.attempts(),
+        kind: if halted {
+            OutcomeKind::Unstarted
+        } else {
+            c.outcome.kind()
+        },
+        attempts: if halted { 0 } else { c.outcome.attempts() },
         duration: c.duration,
         argv,
         start,

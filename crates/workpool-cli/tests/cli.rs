@@ -1,0 +1,757 @@
+//! `workpool run` driven as a user would: the real binary on real processes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_workpool");
+
+/// A fresh directory for one test, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("workpool-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+    fn read(&self, f: &str) -> String {
+        std::fs::read_to_string(self.path(f)).unwrap_or_default()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn workpool(dir: &Dir, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("run").args(args).current_dir(&dir.0);
+    c
+}
+
+/// Runs with `input` on stdin; returns the output.
+fn run(dir: &Dir, args: &[&str], input: &[u8]) -> Output {
+    let mut child = workpool(dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn joblog(dir: &Dir, f: &str) -> Vec<Value> {
+    dir.read(f)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn by_seq(entries: &[Value], seq: u64) -> &Value {
+    entries.iter().find(|e| e["seq"] == seq).unwrap()
+}
+
+/// Waits for a file a job creates to say it started: polling a real
+/// process's side effect, with a bound.
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// Whether `pid` is a live process. A zombie (dead, waiting for init to reap
+/// it, which in a container may never happen) does not count.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: `pid (comm) S ...`.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_record_arrives_verbatim_as_one_argument_and_nothing_is_injected() {
+    let dir = Dir::new("argv");
+    let evil = "$(touch pwned); rm -rf x `touch pwned2` | touch pwned3";
+    let out = run(
+        &dir,
+        &["printf", "<%s>\\n", "{}"],
+        format!("{evil}\n").as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("<{evil}>\n"));
+    for f in ["pwned", "pwned2", "pwned3"] {
+        assert!(
+            !dir.path(f).exists(),
+            "{f} was created: a record reached a shell"
+        );
+    }
+}
+
+#[test]
+fn placeholders_inside_arguments_and_appending_without_one() {
+    let dir = Dir::new("subst");
+    let out = run(&dir, &["-k", "echo", "pre-{}-post", "{}"], b"a\nb\n");
+    assert_eq!(text(&out.stdout), "pre-a-post a\npre-b-post b\n");
+    let out = run(&dir, &["-k", "echo", "x"], b"1\n2\n");
+    assert_eq!(text(&out.stdout), "x 1\nx 2\n");
+}
+
+#[test]
+fn empty_records_are_skipped_and_nul_separated_input_works() {
+    let dir = Dir::new("nul");
+    let out = run(&dir, &["-k", "printf", "[%s]"], b"a\n\n\nb\n");
+    assert_eq!(text(&out.stdout), "[a][b]");
+    let out = run(
+        &dir,
+        &["-0", "-k", "printf", "[%s]"],
+        b"with\nnewline\0two\0\0",
+    );
+    assert_eq!(text(&out.stdout), "[with\nnewline][two]");
+}
+
+#[test]
+fn invalid_utf8_records_pass_through_unchanged() {
+    let dir = Dir::new("utf8");
+    let out = run(&dir, &["printf", "%s", "{}"], b"\xff\xfe\x80ok\n");
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"\xff\xfe\x80ok");
+    let out = run(&dir, &["--joblog", "log", "true"], b"\xff\n");
+    assert!(out.status.success());
+    let log = joblog(&dir, "log");
+    assert_eq!(log[0]["record_hex"], "ff");
+}
+
+#[test]
+fn keep_order_prints_in_input_order() {
+    let dir = Dir::new("order");
+    let out = run(
+        &dir,
+        &["-j", "4", "-k", "sh", "-c", "sleep 0.$0; echo $0"],
+        b"4\n3\n2\n1\n",
+    );
+    assert_eq!(text(&out.stdout), "4\n3\n2\n1\n");
+    let out = run(
+        &dir,
+        &["-j", "4", "sh", "-c", "sleep 0.$0; echo $0"],
+        b"4\n3\n2\n1\n",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "1\n2\n3\n4\n",
+        "without -k: as they finish"
+    );
+}
+
+#[test]
+fn each_jobs_output_is_one_block_never_interleaved() {
+    let dir = Dir::new("blocks");
+    let script = "echo start $0; sleep 0.05; echo middle $0; sleep 0.05; echo end $0";
+    let input: String = (1..=8).map(|i| format!("{i}\n")).collect();
+    let out = run(&dir, &["-j", "8", "sh", "-c", script], input.as_bytes());
+    let lines: Vec<_> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 24);
+    for block in lines.chunks(3) {
+        let id = block[0].strip_prefix("start ").unwrap();
+        assert_eq!(block[1], format!("middle {id}"));
+        assert_eq!(block[2], format!("end {id}"));
+    }
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group() {
+    let dir = Dir::new("group");
+    let script = "sleep 300 & echo $! > bg.pid; sleep 300";
+    let start = Instant::now();
+    let out = run(
+        &dir,
+        &[
+            "--timeout",
+            "300ms",
+            "--kill-after",
+            "1s",
+            "--joblog",
+            "log",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"x\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let bg: i32 = dir.read("bg.pid").trim().parse().unwrap();
+    assert!(!alive(bg), "the background child {bg} outlived its job");
+    let log = joblog(&dir, "log");
+    assert_eq!(log[0]["outcome"], "timed_out");
+    assert_eq!(log[0]["signal"], 15, "SIGTERM was enough");
+    assert!(
+        text(&out.stderr).contains("timed out after 300ms"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_child_that_ignores_sigterm_is_killed_after_kill_after() {
+    let dir = Dir::new("killafter");
+    let script = "trap '' TERM; while :; do sleep 0.05; done";
+    let start = Instant::now();
+    let out = run(
+        &dir,
+        &[
+            "--timeout",
+            "200ms",
+            "--kill-after",
+            "500ms",
+            "--joblog",
+            "log",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"x\n",
+    );
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let log = joblog(&dir, "log");
+    assert_eq!(log[0]["signal"], 9, "SIGKILL ended it");
+}
+
+#[test]
+fn retries_run_a_failing_job_again_until_it_succeeds() {
+    let dir = Dir::new("retry");
+    // Fails twice, then succeeds: the attempt count lives in a file.
+    let script = "n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; [ $n -ge 3 ]";
+    let out = run(
+        &dir,
+        &[
+            "--retries",
+            "3",
+            "--retry-delay",
+            "10ms",
+            "--joblog",
+            "log",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"x\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(dir.read("count").trim(), "3");
+    let log = joblog(&dir, "log");
+    assert_eq!(
+        (log[0]["outcome"].as_str(), log[0]["attempts"].as_u64()),
+        (Some("succeeded"), Some(3))
+    );
+
+    let dir = Dir::new("retry-out");
+    let out = run(
+        &dir,
+        &[
+            "--retries",
+            "2",
+            "--retry-delay",
+            "1ms",
+            "--joblog",
+            "log",
+            "sh",
+            "-c",
+            "echo x >> tries; exit 4",
+        ],
+        b"x\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(dir.read("tries").lines().count(), 3, "1 try + 2 retries");
+    let log = joblog(&dir, "log");
+    assert_eq!(
+        (log[0]["exit_code"].as_i64(), log[0]["attempts"].as_u64()),
+        (Some(4), Some(3))
+    );
+}
+
+#[test]
+fn the_joblog_has_one_complete_line_per_job() {
+    let dir = Dir::new("joblog");
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "2",
+            "--joblog",
+            "log",
+            "sh",
+            "-c",
+            "echo out; echo oops >&2; exit $0",
+        ],
+        b"0\n3\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let log = joblog(&dir, "log");
+    assert_eq!(log.len(), 2);
+    let ok = by_seq(&log, 1);
+    assert_eq!(ok["record"], "0");
+    assert_eq!(ok["outcome"], "succeeded");
+    assert_eq!(ok["exit_code"], 0);
+    assert_eq!(ok["attempts"], 1);
+    assert_eq!(
+        ok["command"],
+        serde_json::json!(["sh", "-c", "echo out; echo oops >&2; exit $0", "0"])
+    );
+    assert!(ok["start"].as_f64().unwrap() > 1.7e9);
+    assert!(ok["duration"].as_f64().unwrap() >= 0.0);
+    let bad = by_seq(&log, 2);
+    assert_eq!(bad["outcome"], "failed");
+    assert_eq!(bad["exit_code"], 3);
+    assert_eq!(bad["error"], "exit status 3");
+    assert_eq!(bad["stderr_tail"], "oops");
+    // The summary names the failed record with its status and stderr.
+    let err = text(&out.stderr);
+    assert!(err.contains("failed: \"3\": exit status 3: oops"), "{err}");
+}
+
+#[test]
+fn resume_after_a_partial_run_runs_exactly_the_missing_records() {
+    let dir = Dir::new("resume");
+    let input: String = (1..=20).map(|i| format!("{i}\n")).collect();
+    std::fs::write(dir.path("in"), &input).unwrap();
+    // First run: record 7 fails, and --halt stops the run soon after.
+    let script = "echo $0 >> ran; [ $0 -ne 7 ]";
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "1",
+            "--input",
+            "in",
+            "--joblog",
+            "log",
+            "--halt",
+            "soon,fail=1",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let first: Vec<u64> = dir
+        .read("ran")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(first.contains(&7) && first.len() < 20, "{first:?}");
+    let succeeded: Vec<u64> = joblog(&dir, "log")
+        .iter()
+        .filter(|e| e["outcome"] == "succeeded")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+
+    // --resume: everything not finished, nothing that finished.
+    std::fs::remove_file(dir.path("ran")).unwrap();
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "3",
+            "--input",
+            "in",
+            "--joblog",
+            "log",
+            "--resume",
+            "sh",
+            "-c",
+            "echo $0 >> ran",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut second: Vec<u64> = dir
+        .read("ran")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    second.sort_unstable();
+    let expected: Vec<u64> = (1..=20).filter(|n| !first.contains(n)).collect();
+    assert_eq!(second, expected);
+
+    // --resume-failed: only the failed record 7 again.
+    std::fs::remove_file(dir.path("ran")).unwrap();
+    let out = run(
+        &dir,
+        &[
+            "--input",
+            "in",
+            "--joblog",
+            "log",
+            "--resume-failed",
+            "sh",
+            "-c",
+            "echo $0 >> ran",
+        ],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(dir.read("ran"), "7\n");
+    assert!(succeeded.iter().all(|s| *s != 7));
+    let out = run(
+        &dir,
+        &[
+            "--input",
+            "in",
+            "--joblog",
+            "log",
+            "--resume-failed",
+            "sh",
+            "-c",
+            "echo $0 >> ran2",
+        ],
+        b"",
+    );
+    assert!(out.status.success());
+    assert!(!dir.path("ran2").exists(), "everything has succeeded now");
+}
+
+#[test]
+fn a_joblog_cut_off_mid_line_is_repaired_on_resume() {
+    let dir = Dir::new("cut");
+    std::fs::write(dir.path("in"), "a\nb\n").unwrap();
+    let out = run(
+        &dir,
+        &["--input", "in", "--joblog", "log", "-k", "true"],
+        b"",
+    );
+    assert!(out.status.success());
+    let mut text_log = dir.read("log");
+    let first_line_end = text_log.find('\n').unwrap() + 1;
+    let kept: Value = serde_json::from_str(&text_log[..first_line_end]).unwrap();
+    let lost = if kept["record"] == "a" { "b" } else { "a" };
+    text_log.truncate(first_line_end + 10); // the second line, cut
+    std::fs::write(dir.path("log"), &text_log).unwrap();
+    let out = run(
+        &dir,
+        &[
+            "--input",
+            "in",
+            "--joblog",
+            "log",
+            "--resume",
+            "sh",
+            "-c",
+            "echo $0 > ran",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the last line was cut off"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        dir.read("ran"),
+        format!("{lost}\n"),
+        "only the record whose line was lost runs again"
+    );
+    assert_eq!(
+        joblog(&dir, "log").len(),
+        2,
+        "the cut line was removed, the new one appended"
+    );
+}
+
+#[test]
+fn a_corrupt_or_foreign_joblog_is_refused_naming_the_line() {
+    let dir = Dir::new("corrupt");
+    std::fs::write(dir.path("log"), "{\"seq\":1,\"record\":\"a\",\"command\":[],\"exit_code\":0,\"signal\":null,\"outcome\":\"succeeded\",\"attempts\":1,\"start\":1.0,\"duration\":0.1}\nSeq\tHost\tStarttime\n{}\n").unwrap();
+    let out = run(
+        &dir,
+        &["--joblog", "log", "--resume", "sh", "-c", "echo ran > ran"],
+        b"a\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("log:2: not a workpool job log entry"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path("ran").exists(), "nothing ran");
+}
+
+#[test]
+fn bad_input_is_a_clear_error_before_anything_runs() {
+    let dir = Dir::new("bad");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--input", "missing.txt", "touch", "ran"],
+            "cannot read --input missing.txt",
+        ),
+        (&["--input", ".", "touch", "ran"], "it is a directory"),
+        (
+            &["--joblog", "no/such/dir/log", "touch", "ran"],
+            "cannot create job log no/such/dir/log",
+        ),
+        (
+            &["--timeout", "soon", "touch", "ran"],
+            "invalid duration `soon`",
+        ),
+        (&["--halt", "sometime", "touch", "ran"], "invalid --halt"),
+        (&["-j", "0", "touch", "ran"], "must be at least 1"),
+        (&["--resume", "touch", "ran"], "--joblog"),
+        (&[], "COMMAND"),
+    ];
+    for (args, expected) in cases {
+        let out = run(&dir, args, b"x\n");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!dir.path("ran").exists(), "{args:?} ran something");
+    }
+}
+
+#[test]
+fn a_command_that_cannot_run_fails_each_job_clearly() {
+    let dir = Dir::new("nocmd");
+    let out = run(
+        &dir,
+        &["--joblog", "log", "no-such-command-workpool", "{}"],
+        b"a\nb\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot run no-such-command-workpool: No such file or directory"),
+        "{err}"
+    );
+    assert!(err.contains("0 succeeded, 2 failed"), "{err}");
+    let log = joblog(&dir, "log");
+    assert!(log.iter().all(|e| e["outcome"] == "failed"));
+
+    std::fs::write(dir.path("not-exec"), "#!/bin/sh\n").unwrap();
+    let out = run(&dir, &["./not-exec"], b"a\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn halt_now_kills_running_jobs_and_halt_soon_lets_them_finish() {
+    let dir = Dir::new("halt");
+    // Record 1 fails at once; record 2 runs long.
+    let script = "if [ $0 = 1 ]; then exit 1; fi; touch started-$0; sleep 5; touch finished-$0";
+    let start = Instant::now();
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "2",
+            "--kill-after",
+            "100ms",
+            "--joblog",
+            "log",
+            "--halt",
+            "now,fail=1",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"2\n1\n3\n4\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "now: did not wait for the running job"
+    );
+    assert!(!dir.path("finished-2").exists());
+    let log = joblog(&dir, "log");
+    assert!(log.iter().any(|e| e["outcome"] == "unstarted"), "{log:?}");
+    assert!(text(&out.stderr).contains("halted"));
+
+    let dir = Dir::new("halt-soon");
+    let script = "if [ $0 = 1 ]; then sleep 0.2; exit 1; fi; sleep 1; touch finished-$0";
+    let out = run(
+        &dir,
+        &["-j", "2", "--halt", "soon,fail=1", "sh", "-c", script],
+        b"2\n1\n3\n4\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        dir.path("finished-2").exists(),
+        "soon: the running job finished"
+    );
+    assert!(
+        !dir.path("finished-3").exists() && !dir.path("finished-4").exists(),
+        "no new job started"
+    );
+}
+
+#[test]
+fn dry_run_prints_commands_and_runs_nothing() {
+    let dir = Dir::new("dry");
+    let out = run(
+        &dir,
+        &["--dry-run", "touch", "{}.done", "it's"],
+        b"a b\nc\n",
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout),
+        "touch 'a b.done' 'it'\\''s'\ntouch c.done 'it'\\''s'\n"
+    );
+    assert!(!dir.path("c.done").exists());
+}
+
+#[test]
+fn exit_status_is_zero_when_every_job_succeeds_and_one_when_any_fails() {
+    let dir = Dir::new("status");
+    assert_eq!(run(&dir, &["true"], b"a\nb\n").status.code(), Some(0));
+    assert_eq!(
+        run(&dir, &["true"], b"").status.code(),
+        Some(0),
+        "no input, nothing failed"
+    );
+    assert_eq!(
+        run(&dir, &["sh", "-c", "[ $0 = a ]"], b"a\nb\n")
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+/// Starts a run whose jobs each touch `started-N` then sleep `secs`.
+fn interruptible(dir: &Dir, secs: u32, extra: &[&str]) -> Child {
+    let script = format!("touch started-$0; sleep {secs}; touch finished-$0");
+    let mut args = vec!["-j", "2", "--joblog", "log", "--kill-after", "200ms"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["sh", "-c", &script]);
+    let mut child = workpool(dir, &args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n2\n3\n4\n5\n").unwrap();
+    drop(stdin);
+    child
+}
+
+#[test]
+fn sigint_lets_running_jobs_finish_and_reports_the_rest_as_not_run() {
+    let dir = Dir::new("sigint");
+    let child = interruptible(&dir, 1, &[]);
+    wait_for(&dir.path("started-1"));
+    wait_for(&dir.path("started-2"));
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        dir.path("finished-1").exists() && dir.path("finished-2").exists(),
+        "running jobs finished"
+    );
+    for n in 3..=5 {
+        assert!(
+            !dir.path(&format!("started-{n}")).exists(),
+            "job {n} started after the signal"
+        );
+    }
+    let err = text(&out.stderr);
+    assert!(err.contains("2 succeeded"), "{err}");
+    assert!(err.contains("not run: \"3\""), "{err}");
+    let log = joblog(&dir, "log");
+    assert_eq!(
+        log.iter().filter(|e| e["outcome"] == "succeeded").count(),
+        2
+    );
+    assert!(
+        log.iter()
+            .any(|e| e["outcome"] == "unstarted" && e["record"] == "3"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_second_signal_kills_running_jobs_at_once_and_sigterm_exits_143() {
+    let dir = Dir::new("twice");
+    let child = interruptible(&dir, 60, &[]);
+    wait_for(&dir.path("started-1"));
+    wait_for(&dir.path("started-2"));
+    let start = Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "the first signal decides the status"
+    );
+    let log = joblog(&dir, "log");
+    let stopped: Vec<_> = log.iter().filter(|e| e["outcome"] == "cancelled").collect();
+    assert_eq!(stopped.len(), 2, "{log:?}");
+    assert!(stopped.iter().all(|e| e["signal"] == 9));
+}
+
+#[test]
+fn the_shutdown_timeout_bounds_the_wait_for_running_jobs() {
+    let dir = Dir::new("shutdown-timeout");
+    let child = interruptible(&dir, 60, &["--shutdown-timeout", "300ms"]);
+    wait_for(&dir.path("started-1"));
+    let start = Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let log = joblog(&dir, "log");
+    assert!(
+        log.iter()
+            .any(|e| e["outcome"] == "cancelled" && e["signal"] == 15),
+        "{log:?}"
+    );
+}
