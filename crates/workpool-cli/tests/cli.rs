@@ -47,7 +47,8 @@ fn run(dir: &Dir, args: &[&str], input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    // The binary may exit (say, on a usage error) before it reads its input.
+    let _ = child.stdin.take().unwrap().write_all(input);
     child.wait_with_output().unwrap()
 }
 
@@ -672,7 +673,7 @@ fn interruptible(dir: &Dir, secs: u32, extra: &[&str]) -> Child {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"1\n2\n3\n4\n5\n").unwrap();
+    let _ = stdin.write_all(b"1\n2\n3\n4\n5\n");
     drop(stdin);
     child
 }
