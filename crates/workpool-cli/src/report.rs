@@ -198,9 +198,8 @@ impl Reporter {
                     if matches!(done.kind, OutcomeKind::Failed | OutcomeKind::TimedOut) {
                         failures += 1;
                         if summary.first_failures.len() < SHOWN {
-                            summary
-                                .first_failures
-                                .push((show(&done.record), self.why(&done)));
+                            let record = format!("record {} {}", done.seq, show(&done.record));
+                            summary.first_failures.push((record, self.why(&done)));
                         }
                     }
                     if done.kind == OutcomeKind::Unstarted {
@@ -374,7 +373,7 @@ pub fn progress_bar(wanted: bool, total: Option<u64>) -> Option<ProgressBar> {
         None => ProgressBar::no_length(),
     };
     let template = if total.is_some() {
-        "{bar:30} {pos}/{len} done, {msg}, {prefix} running, {per_sec}, eta {eta}"
+        "{bar:30} {pos}/{len} done, {msg}, {prefix} running, eta {eta}"
     } else {
         "{spinner} {pos} done, {msg}, {prefix} running, {per_sec}"
     };

@@ -338,7 +338,10 @@ fn the_joblog_has_one_complete_line_per_job() {
     assert_eq!(bad["stderr_tail"], "oops");
     // The summary names the failed record with its status and stderr.
     let err = text(&out.stderr);
-    assert!(err.contains("failed: \"3\": exit status 3: oops"), "{err}");
+    assert!(
+        err.contains("failed: record 2 \"3\": exit status 3: oops"),
+        "{err}"
+    );
 }
 
 #[test]
