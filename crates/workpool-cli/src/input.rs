@@ -77,6 +77,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
         #[test]
         fn reader_and_split_agree_and_rejoin_to_the_input(input in prop::collection::vec(any::<u8>(), 0..300), nul in any::<bool>()) {
             let sep = if nul { 0 } else { b'\n' };

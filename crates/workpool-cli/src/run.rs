@@ -438,6 +438,26 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<()
         return Err(permanent(Halted).into());
     }
     let argv = st.template.argv(job.payload());
+    if job.payload().contains(&0) {
+        // An argument is a C string: a NUL byte cannot be passed, so say so
+        // instead of the OS's "nul byte found".
+        let why = "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
+        lock(&st.attempts).insert(
+            seq,
+            AttemptInfo {
+                record: job.into_payload(),
+                argv,
+                start: SystemTime::now(),
+                ran: Some(Ran {
+                    exit: command::Exit::NotStarted(why.into()),
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                }),
+                halted: false,
+            },
+        );
+        return Err(permanent(why).into());
+    }
     lock(&st.attempts).insert(
         seq,
         AttemptInfo {

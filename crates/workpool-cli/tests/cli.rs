@@ -759,3 +759,133 @@ fn the_shutdown_timeout_bounds_the_wait_for_running_jobs() {
         "{log:?}"
     );
 }
+
+#[test]
+fn a_grandchild_left_running_by_a_finished_job_is_killed() {
+    let dir = Dir::new("grandchild");
+    let out = run(
+        &dir,
+        &["sh", "-c", "sleep 300 & echo $! > bg.pid; exit 0"],
+        b"x\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bg: i32 = dir.read("bg.pid").trim().parse().unwrap();
+    assert!(!alive(bg), "the grandchild {bg} outlived its job");
+}
+
+/// kill -9 of `workpool run` mid-run, then `--resume`: no record that the
+/// log shows succeeded runs again, and every other record runs (a record
+/// running at the kill may run twice: at-least-once).
+#[test]
+fn after_kill_9_resume_runs_every_record_and_no_success_twice() {
+    let dir = Dir::new("kill9");
+    let input: String = (1..=40).map(|i| format!("{i}\n")).collect();
+    std::fs::write(dir.path("in"), &input).unwrap();
+    let script = "echo $0 >> ran; sleep 0.05";
+    let child = workpool(
+        &dir,
+        &[
+            "-j", "4", "--input", "in", "--joblog", "log", "sh", "-c", script,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while dir.read("log").lines().count() < 8 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the run never got going"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(&child, nix::sys::signal::Signal::SIGKILL);
+    let mut child = child;
+    child.wait().unwrap();
+
+    let before: Vec<Value> = dir
+        .read("log")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok()) // the last line may be cut
+        .collect();
+    let succeeded: Vec<String> = before
+        .iter()
+        .filter(|e| e["outcome"] == "succeeded")
+        .map(|e| e["record"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !succeeded.is_empty() && succeeded.len() < 40,
+        "{}",
+        succeeded.len()
+    );
+
+    let out = run(
+        &dir,
+        &[
+            "-j", "4", "--input", "in", "--joblog", "log", "--resume", "sh", "-c", script,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ran = dir.read("ran");
+    let mut times: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for r in ran.lines() {
+        *times.entry(r).or_default() += 1;
+    }
+    for n in 1..=40 {
+        let r = n.to_string();
+        assert!(
+            times.get(r.as_str()).copied().unwrap_or(0) >= 1,
+            "record {r} never ran"
+        );
+    }
+    for r in &succeeded {
+        assert_eq!(
+            times[r.as_str()],
+            1,
+            "record {r} succeeded before the kill and ran again"
+        );
+    }
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes as input, either separator: no panic, every non-empty
+        /// record becomes exactly one job, and its bytes reach the command.
+        #[test]
+        fn arbitrary_input_bytes_never_crash_the_tool(input in prop::collection::vec(any::<u8>(), 0..200), nul in any::<bool>()) {
+            let dir = Dir::new("fuzz");
+            let sep = if nul { 0u8 } else { b'\n' };
+            let mut args = vec!["-j", "2", "-k", "--joblog", "log"];
+            if nul {
+                args.push("-0");
+            }
+            args.extend(["printf", "%s\\0", "{}"]);
+            let out = run(&dir, &args, &input);
+            prop_assert!(!text(&out.stderr).contains("panicked"));
+            let expected: Vec<&[u8]> = input.split(|b| *b == sep).filter(|r| !r.is_empty()).collect();
+            // A record with a NUL byte (possible without -0) cannot be an
+            // argument: that job fails with a clear reason, the others run.
+            let with_nul = expected.iter().filter(|r| r.contains(&0)).count();
+            let code = if with_nul > 0 { 1 } else { 0 };
+            prop_assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+            if with_nul > 0 {
+                prop_assert!(text(&out.stderr).contains("holds a NUL byte"), "{}", text(&out.stderr));
+            } else {
+                let mut want = Vec::new();
+                for r in &expected {
+                    want.extend_from_slice(r);
+                    want.push(0);
+                }
+                prop_assert_eq!(out.stdout, want);
+            }
+            prop_assert_eq!(joblog(&dir, "log").len(), expected.len());
+        }
+    }
+}
