@@ -125,6 +125,7 @@
 
 mod context;
 mod error;
+mod gate;
 mod handle;
 mod handler;
 mod job;
@@ -136,7 +137,9 @@ mod shared;
 mod shutdown;
 #[cfg(feature = "signal")]
 pub mod signal;
+mod slot;
 mod stats;
+mod sync;
 mod worker;
 
 pub use bytes::Bytes;

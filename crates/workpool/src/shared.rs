@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::gate::Gate;
 use crate::job::JobId;
 use crate::outcome::{Completion, Outcome};
 use crate::queue::{Envelope, PushFail, Queue, Reply};
@@ -18,16 +19,7 @@ use crate::retry::RetryPolicy;
 use crate::shutdown::{NotFinished, ShutdownReport, UnstartedJob};
 use crate::stats::{FailureLog, Shard, Stats};
 
-/// Lifecycle states, in order; the state only moves forward.
-pub(crate) const RUNNING: u8 = 0;
-/// Shutdown called: submissions refused, queue and running jobs finish.
-pub(crate) const DRAINING: u8 = 1;
-/// Shutdown without drain: submissions refused, queued jobs handed back.
-pub(crate) const HANDING_BACK: u8 = 2;
-/// Drain deadline passed: running jobs' signals fired, nothing new starts.
-pub(crate) const CANCELLING: u8 = 3;
-/// Grace period over: what still runs has been abandoned.
-pub(crate) const STOPPED: u8 = 4;
+pub(crate) use crate::gate::{CANCELLING, DRAINING, HANDING_BACK, RUNNING, STOPPED};
 
 /// Locks, ignoring poison: every critical section here leaves its data valid,
 /// and user code (hooks, handlers) never runs under these locks.
@@ -57,11 +49,9 @@ pub(crate) struct InFlight<P> {
     pub(crate) started: Option<Instant>,
 }
 
-/// A worker's slot. Exactly one of the worker (when the attempt ends) and
-/// shutdown (when it abandons the job) takes the `InFlight` out, and only the
-/// one that took it records the outcome. The lock is the worker's own; shutdown
+/// A worker's slot (see `slot.rs`): the lock is the worker's own; shutdown
 /// touches it once.
-pub(crate) type Slot<P> = Mutex<Option<InFlight<P>>>;
+pub(crate) type Slot<P> = crate::slot::Slot<InFlight<P>>;
 
 pub(crate) struct WorkerEntry<P> {
     pub(crate) shard: Arc<Shard>,
@@ -70,13 +60,12 @@ pub(crate) struct WorkerEntry<P> {
 
 /// Submit-side counters, on their own cache line so that workers' writes do not
 /// slow submitters down.
-#[derive(Default)]
 #[repr(align(128))]
 pub(crate) struct SubmitCounters {
-    /// Incremented before the state check and the push, decremented if the push
-    /// fails: shutdown compares it with the outcome count to know that nothing
-    /// is in flight. SeqCst, paired with the state: see [`Shared::admit`].
-    pub(crate) admitted: AtomicU64,
+    /// State and admitted count in one word (see `gate.rs`): counted in
+    /// before the push, undone if the push fails; shutdown compares the count
+    /// with the outcome count to know that nothing is in flight.
+    pub(crate) gate: Gate,
     /// Incremented after a successful push; what `Stats::accepted` reports.
     pub(crate) accepted: AtomicU64,
     pub(crate) rejected: AtomicU64,
@@ -91,6 +80,10 @@ pub(crate) struct RetryRegistry<P> {
 pub(crate) struct Shared<P> {
     pub(crate) queue: Queue<Envelope<P>>,
     pub(crate) config: Config<P>,
+    /// A copy of the gate's state for readers that are not submitters (workers
+    /// check it per job): the gate's word is written on every submit, this one
+    /// only on state changes, so reading it does not pull the submitters' cache
+    /// line. Written right after the gate, before anything that relies on it.
     state: AtomicU8,
     pub(crate) submits: SubmitCounters,
     /// Outcomes recorded outside a worker: shutdown, retry tasks.
@@ -125,7 +118,11 @@ impl<P: Send + 'static> Shared<P> {
             queue: Queue::memory(capacity),
             config,
             state: AtomicU8::new(RUNNING),
-            submits: SubmitCounters::default(),
+            submits: SubmitCounters {
+                gate: Gate::new(),
+                accepted: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
+            },
             general: Shard::default(),
             workers: Mutex::new(Vec::new()),
             target: AtomicUsize::new(0),
@@ -148,33 +145,34 @@ impl<P: Send + 'static> Shared<P> {
     }
 
     pub(crate) fn state(&self) -> u8 {
-        self.state.load(Ordering::SeqCst)
+        self.state.load(Ordering::Acquire)
     }
 
     pub(crate) fn advance(&self, to: u8) {
-        self.state.fetch_max(to, Ordering::SeqCst);
+        self.submits.gate.advance(to);
+        self.state.fetch_max(to, Ordering::AcqRel);
     }
 
     /// Counts a submission in before it is pushed, and refuses it if the pool
-    /// no longer takes jobs.
-    ///
-    /// Both the increment and the state load are SeqCst, as is shutdown's store
-    /// of the state before it reads `admitted`: so either shutdown sees this
-    /// submission counted (and waits for it), or this submission sees the pool
-    /// closed (and is refused). No job slips past both.
+    /// no longer takes jobs. Either shutdown's count includes this submission
+    /// (and shutdown waits for its outcome), or the submission sees the pool
+    /// closed: see `gate.rs`, checked under loom.
     pub(crate) fn admit(&self) -> bool {
-        self.submits.admitted.fetch_add(1, Ordering::SeqCst);
-        if self.state() == RUNNING {
+        if self.submits.gate.admit() {
             true
         } else {
-            self.unadmit();
+            self.refused();
             false
         }
     }
 
-    /// Undoes `admit` for a refused submission.
+    /// Undoes `admit` for a submission whose push failed.
     pub(crate) fn unadmit(&self) {
-        self.submits.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.submits.gate.unadmit();
+        self.refused();
+    }
+
+    fn refused(&self) {
         self.submits.rejected.fetch_add(1, Ordering::Relaxed);
         if self.state() != RUNNING {
             self.progress.notify_one();
@@ -194,7 +192,7 @@ impl<P: Send + 'static> Shared<P> {
     /// Nothing queued, nothing running, nothing waiting to retry, no submit in
     /// progress: every admitted job has its outcome.
     pub(crate) fn is_idle(&self) -> bool {
-        let admitted = self.submits.admitted.load(Ordering::SeqCst);
+        let admitted = self.submits.gate.admitted();
         self.queue.is_empty() && self.terminal() >= admitted
     }
 
@@ -223,7 +221,7 @@ impl<P: Send + 'static> Shared<P> {
         let mut s = Stats::default();
         for w in lock(&self.workers).iter() {
             w.shard.add_to(&mut s);
-            s.running += u64::from(lock(&w.slot).is_some());
+            s.running += u64::from(w.slot.is_occupied());
         }
         self.general.add_to(&mut s);
         s.accepted = self.submits.accepted.load(Ordering::Relaxed);
@@ -358,8 +356,7 @@ impl<P: Send + 'static> Shared<P> {
     pub(crate) fn abandon_running(&self) {
         let slots: Vec<_> = lock(&self.workers).iter().map(|w| w.slot.clone()).collect();
         for slot in slots {
-            let taken = lock(&slot).take();
-            if let Some(f) = taken {
+            if let Some(f) = slot.take() {
                 tracing::warn!(target: "workpool", id = %f.id, attempt = f.attempt, "job ignored cancellation past the grace period; abandoned");
                 self.finish(
                     &self.general,

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::future::{Future, poll_fn};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::time::Instant;
@@ -166,7 +166,7 @@ where
     X: Exec<P>,
 {
     let shard = Arc::new(Shard::default());
-    let slot: Arc<Slot<P>> = Arc::new(Mutex::new(None));
+    let slot: Arc<Slot<P>> = Arc::new(Slot::new());
     let number = {
         let mut workers = lock(&shared.workers);
         workers.push(WorkerEntry {
@@ -262,26 +262,21 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
         // Claim the slot. The state is read under the slot's lock, and shutdown
         // moves the state forward before it empties the slots: so either
         // shutdown finds this job here, or this worker sees it must not start.
+        let in_flight = InFlight {
+            id: job.id.clone(),
+            attempt,
+            reply,
+            started,
+        };
+        if let Err(refused) = self
+            .slot
+            .claim(|| self.shared.state() >= HANDING_BACK, in_flight)
         {
-            let mut slot = lock(&self.slot);
-            if self.shared.state() >= HANDING_BACK {
-                drop(slot);
-                let id = job.id.clone();
-                self.shared.finish(
-                    &self.shard,
-                    id,
-                    Outcome::Unstarted { job, attempts },
-                    reply,
-                    started,
-                );
-                return;
-            }
-            *slot = Some(InFlight {
-                id: job.id.clone(),
-                attempt,
-                reply,
-                started,
-            });
+            let id = job.id.clone();
+            let outcome = Outcome::Unstarted { job, attempts };
+            self.shared
+                .finish(&self.shard, id, outcome, refused.reply, refused.started);
+            return;
         }
 
         let config = &self.shared.config;
@@ -364,7 +359,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             attempt,
             reply,
             started,
-        }) = lock(&self.slot).take()
+        }) = self.slot.take()
         else {
             return;
         };

@@ -140,7 +140,6 @@ async fn round(seed: u64, submitters: u64, per_submitter: u64, blocking: bool) -
                 for i in 0..per_submitter {
                     let id = s * 10_000_000 + i;
                     let f = fault(&mut rng);
-                    faults += u64::from(!matches!(f, Fault::Succeed));
                     let job = Job::with_id(id, f);
                     let back = match mix(&mut rng) % 4 {
                         0 => pool.try_submit_detached(job).err().map(|e| e.into_inner()),
@@ -174,7 +173,10 @@ async fn round(seed: u64, submitters: u64, per_submitter: u64, blocking: bool) -
                             );
                             refused += 1;
                         }
-                        None => accepted.push(id),
+                        None => {
+                            accepted.push(id);
+                            faults += u64::from(!matches!(f, Fault::Succeed));
+                        }
                     }
                 }
                 let mut outcomes = Vec::new();
@@ -187,9 +189,16 @@ async fn round(seed: u64, submitters: u64, per_submitter: u64, blocking: bool) -
         })
         .collect();
 
-    // Shut down at a seeded moment while the submitters are busy.
+    // Shut down at a seeded moment: once a seeded share of the submissions
+    // has been made (accepted or refused), so it lands anywhere in the run.
     let mut rng = seed;
-    for _ in 0..mix(&mut rng) % 400 {
+    let total = submitters * per_submitter;
+    let at = mix(&mut rng) % (total + total / 10);
+    loop {
+        let s = pool.stats();
+        if s.accepted + s.rejected >= at || tasks.iter().all(|t| t.is_finished()) {
+            break;
+        }
         tokio::task::yield_now().await;
     }
     let drain = mix(&mut rng) % 2 == 0;
@@ -327,7 +336,7 @@ fn long_chaos() {
     overshoots.sort();
     let p99 = overshoots[(overshoots.len() * 99 / 100).min(overshoots.len() - 1)];
     println!(
-        "long chaos: {} seeds, {submitted} jobs submitted, {accepted} accepted, {faults} faults injected, 0 lost, 0 duplicated; \
+        "long chaos: {} seeds, {submitted} jobs submitted, {accepted} accepted, {faults} faults injected into accepted jobs, 0 lost, 0 duplicated; \
          shutdown overshoot past timeout + grace: worst {worst:?}, p99 {p99:?}; {:.0?}",
         rounds.len(),
         start.elapsed()

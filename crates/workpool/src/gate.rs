@@ -1,0 +1,143 @@
+//! The admission gate: the lifecycle state and the count of admitted jobs in
+//! one atomic word.
+//!
+//! Every admit and every state change is a read-modify-write of this one
+//! location, and the RMWs of one location are totally ordered. So an admit
+//! either comes before a state change (and the count shutdown reads includes
+//! it) or after it (and it sees the pool closed and undoes itself). No job
+//! slips in unseen, without relying on SeqCst ordering between two locations.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Lifecycle states, in order; the state only moves forward.
+pub(crate) const RUNNING: u8 = 0;
+/// Shutdown called: submissions refused, queue and running jobs finish.
+pub(crate) const DRAINING: u8 = 1;
+/// Shutdown without drain: submissions refused, queued jobs handed back.
+pub(crate) const HANDING_BACK: u8 = 2;
+/// Drain deadline passed: running jobs' signals fired, nothing new starts.
+pub(crate) const CANCELLING: u8 = 3;
+/// Grace period over: what still runs has been abandoned.
+pub(crate) const STOPPED: u8 = 4;
+
+const SHIFT: u32 = 56;
+const COUNT: u64 = (1 << SHIFT) - 1;
+
+/// State in the top 8 bits, admitted-and-not-undone submissions below.
+#[derive(Debug)]
+pub(crate) struct Gate(AtomicU64);
+
+impl Gate {
+    pub(crate) fn new() -> Self {
+        Gate(AtomicU64::new(u64::from(RUNNING) << SHIFT))
+    }
+
+    /// Counts a submission in if the pool is running; otherwise leaves the
+    /// count as it was and returns false.
+    pub(crate) fn admit(&self) -> bool {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        if (before >> SHIFT) as u8 == RUNNING {
+            true
+        } else {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    /// Undoes an `admit` whose push then failed.
+    pub(crate) fn unadmit(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Submissions admitted and not undone.
+    pub(crate) fn admitted(&self) -> u64 {
+        self.0.load(Ordering::Acquire) & COUNT
+    }
+
+    /// The state. (Outside the loom models, readers use `Shared::state`, a copy
+    /// that submitters do not write.)
+    #[cfg_attr(not(workpool_loom), allow(dead_code))]
+    pub(crate) fn state(&self) -> u8 {
+        (self.0.load(Ordering::Acquire) >> SHIFT) as u8
+    }
+
+    /// Moves the state forward to `to` (never back). Returns the admitted
+    /// count at that instant: no later admit succeeds.
+    pub(crate) fn advance(&self, to: u8) -> u64 {
+        let mut current = self.0.load(Ordering::Acquire);
+        loop {
+            if (current >> SHIFT) as u8 >= to {
+                return current & COUNT;
+            }
+            let next = (current & COUNT) | (u64::from(to) << SHIFT);
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return current & COUNT,
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+#[cfg(all(test, workpool_loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicU64;
+    use loom::thread;
+
+    /// Two submitters race one shutdown: a submission admitted after the
+    /// state change is always refused, and the count shutdown reads covers
+    /// every submission that was admitted.
+    #[test]
+    fn no_admission_slips_past_a_state_change() {
+        loom::model(|| {
+            let gate = Arc::new(Gate::new());
+            let succeeded = Arc::new(AtomicU64::new(0));
+            let submitters: Vec<_> = (0..2)
+                .map(|_| {
+                    let (gate, succeeded) = (gate.clone(), succeeded.clone());
+                    thread::spawn(move || {
+                        if gate.admit() {
+                            succeeded.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            let counted = gate.advance(DRAINING);
+            let after = gate.admit();
+            assert!(!after, "admitted after the state change");
+            for s in submitters {
+                s.join().unwrap();
+            }
+            let succeeded = succeeded.load(Ordering::Acquire);
+            assert_eq!(
+                succeeded, counted,
+                "shutdown's count is exactly the admitted submissions"
+            );
+            assert_eq!(gate.admitted(), counted);
+            assert_eq!(gate.state(), DRAINING);
+        });
+    }
+
+    /// A refused push undone with `unadmit` leaves the count right, whatever
+    /// the interleaving with a state change.
+    #[test]
+    fn unadmit_keeps_the_count() {
+        loom::model(|| {
+            let gate = Arc::new(Gate::new());
+            let g = gate.clone();
+            let t = thread::spawn(move || {
+                if g.admit() {
+                    g.unadmit(); // e.g. the queue was full
+                }
+            });
+            gate.advance(CANCELLING);
+            t.join().unwrap();
+            assert_eq!(gate.admitted(), 0);
+            assert_eq!(gate.advance(STOPPED), 0);
+        });
+    }
+}
