@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The CLI benchmarks: `workpool run` against `xargs -P`, GNU parallel and
+# rust-parallel on 10,000 x `true` and 1,000 x `sleep 0.01`, at -j 2 and -j 8;
+# then the peak memory of `workpool run` over 10^7 records against 10^6.
+# Each tool is installed when missing. Writes benchmarks/cli-results.md,
+# which BENCHMARKS.md includes (benchmarks/run.sh).
+#
+#   benchmarks/cli.sh            # the full run (the 10^7-record run takes long)
+#   benchmarks/cli.sh --quick    # a smoke run (what CI does): 1/100 of the jobs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+out=target/bench
+mkdir -p "$out"
+tools="$PWD/$out/tools"
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v parallel >/dev/null 2>&1; then
+    echo "cli.sh: installing Debian's parallel" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq parallel >/dev/null
+fi
+if ! command -v rust-parallel >/dev/null 2>&1 && [[ ! -x "$tools/bin/rust-parallel" ]]; then
+    echo "cli.sh: installing rust-parallel from crates.io" >&2
+    cargo install -q --locked --root "$tools" rust-parallel
+fi
+export PATH="$tools/bin:$PATH"
+cargo build --release -q -p workpool-cli
+workpool="$PWD/target/release/workpool"
+
+reps=5
+n_true=10000
+n_sleep=1000
+mem_small=1000000
+mem_large=10000000
+if [[ $quick -eq 1 ]]; then
+    reps=1; n_true=100; n_sleep=20; mem_small=1000; mem_large=10000
+fi
+
+# Seconds (float) for: input-generator | tool
+time_one() {
+    local input=$1; shift
+    local start end
+    start=$(date +%s%N)
+    eval "$input" | "$@" >/dev/null 2>&1
+    end=$(date +%s%N)
+    echo "scale=6; ($end - $start) / 1000000000" | bc
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Milliseconds per job, median of $reps runs.
+per_job() {
+    local n=$1 input=$2; shift 2
+    for _ in $(seq "$reps"); do time_one "$input" "$@"; done | median | awk -v n="$n" '{printf "%.3f", $1 * 1000 / n}'
+}
+
+for pkg in bc:bc time:/usr/bin/time; do
+    if ! command -v "${pkg#*:}" >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkg%%:*}" >/dev/null
+    fi
+done
+
+{
+    echo "## The command-line tool"
+    echo
+    echo "\`benchmarks/cli.sh\`: wall time per job (median of $reps runs), and its ratio to \`xargs -P\`'s. workpool runs with its defaults (output grouping, summary) and nothing more."
+    echo
+    for j in 2 8; do
+        echo "### -j $j"
+        echo
+        echo "| tool | $n_true × \`true\`: ms per job | vs xargs | $n_sleep × \`sleep 0.01\`: ms per job | vs xargs |"
+        echo "| --- | --- | --- | --- | --- |"
+        xt=$(per_job "$n_true" "seq $n_true" xargs -P "$j" -n 1 true)
+        xs=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" xargs -P "$j" -n 1 sleep)
+        for tool in xargs workpool rust-parallel parallel; do
+            case $tool in
+                xargs) t=$xt; s=$xs ;;
+                workpool) t=$(per_job "$n_true" "seq $n_true" "$workpool" run -j "$j" true)
+                          s=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" "$workpool" run -j "$j" sleep) ;;
+                rust-parallel) t=$(per_job "$n_true" "seq $n_true" rust-parallel -j "$j" true)
+                               s=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" rust-parallel -j "$j" sleep) ;;
+                parallel) t=$(per_job "$n_true" "seq $n_true" parallel --will-cite -j "$j" true)
+                          s=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" parallel --will-cite -j "$j" sleep) ;;
+            esac
+            printf '| %s | %s | %.2f× | %s | %.2f× |\n' "$tool" "$t" "$(echo "$t / $xt" | bc -l)" "$s" "$(echo "$s / $xs" | bc -l)"
+        done
+        echo
+    done
+    echo "### Memory: \`seq N | workpool run -j 8 true\`"
+    echo
+    echo "| records | peak RSS |"
+    echo "| --- | --- |"
+    for n in $mem_small $mem_large; do
+        kb=$( { /usr/bin/time -f '%M' sh -c "seq $n | '$workpool' run -j 8 true >/dev/null 2>/dev/null"; } 2>&1 | tail -1)
+        echo "| $n | $((kb / 1024)) MiB ($kb KiB) |"
+    done
+    echo
+} > "$out/cli-results.md"
+
+cat "$out/cli-results.md"
+[[ $quick -eq 0 ]] && cp "$out/cli-results.md" benchmarks/cli-results.md
+exit 0

@@ -1,0 +1,3 @@
+module workpool/benchmarks/go
+
+go 1.19

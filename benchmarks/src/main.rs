@@ -1,0 +1,151 @@
+//! `compare`: workpool against what users would pick instead, on the same
+//! workloads, in one process. Prints Markdown tables and writes
+//! BENCHMARKS.md and an SVG chart. Run it through `benchmarks/run.sh`, which
+//! also runs the Go tutorial pattern and passes its figures in.
+//!
+//! Flags: `--quick` (a smoke run: small N, one repetition), `--reps N`,
+//! `--go-results FILE`, `--out FILE`, `--svg FILE`.
+
+mod alternatives;
+mod report;
+mod work;
+
+use std::time::Duration;
+
+use work::Workload;
+
+/// Every strategy measured, in table order.
+pub(crate) const STRATEGIES: &[&str] = &[
+    "workpool (detached)",
+    "workpool (handles)",
+    "workpool (timeout set)",
+    "tokio mpsc + shared receiver (tutorial port)",
+    "tokio spawn + semaphore",
+    "flume + tasks",
+    "crossbeam-channel + threads",
+    "rayon spawn",
+    "threadpool crate",
+];
+
+/// How many of `STRATEGIES` are workpool's own rows.
+pub(crate) const WORKPOOL_ROWS: usize = 3;
+
+pub(crate) struct Config {
+    pub(crate) quick: bool,
+    pub(crate) reps: usize,
+    pub(crate) go_results: Option<String>,
+    pub(crate) out: Option<String>,
+    pub(crate) svg: Option<String>,
+    pub(crate) micro_rounds: Option<u64>,
+}
+
+fn parse_args() -> Config {
+    let mut c = Config {
+        quick: false,
+        reps: 5,
+        go_results: None,
+        out: None,
+        svg: None,
+        micro_rounds: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => {
+                c.quick = true;
+                c.reps = 1;
+            }
+            "--reps" => c.reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--go-results" => c.go_results = args.next(),
+            "--out" => c.out = args.next(),
+            "--svg" => c.svg = args.next(),
+            "--micro-rounds" => c.micro_rounds = args.next().and_then(|v| v.parse().ok()),
+            other => {
+                eprintln!("compare: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    c
+}
+
+/// One measured cell: the median of the repetitions.
+#[derive(Clone, Debug)]
+pub(crate) struct Cell {
+    pub(crate) workload: Workload,
+    pub(crate) workers: usize,
+    pub(crate) strategy: String,
+    pub(crate) ns_per_job: f64,
+}
+
+/// The median of `v` (the middle value; `v` is not empty).
+pub(crate) fn median_of(v: Vec<f64>) -> f64 {
+    median(v)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("WORKPOOL_BENCH_MEMORY") {
+        alternatives::memory_child(&spec);
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--calibrate") {
+        println!("{}", work::calibrate());
+        return;
+    }
+    let config = parse_args();
+    let scale = if config.quick { 100 } else { 1 };
+    let calibration = config.micro_rounds.unwrap_or_else(work::calibrate);
+    eprintln!("1 µs of work = {} rounds", calibration);
+    let mut cells = Vec::new();
+    for workload in [Workload::Trivial, Workload::Micro, Workload::Sleep] {
+        let (n, workers): (u64, &[usize]) = match workload {
+            Workload::Trivial | Workload::Micro => (1_000_000 / scale, &[2, 8, 64]),
+            Workload::Sleep => (100_000 / scale, &[1000]),
+        };
+        for &w in workers {
+            for (i, name) in STRATEGIES.iter().enumerate() {
+                if !alternatives::applies(i, workload) {
+                    continue;
+                }
+                let runs: Vec<f64> = (0..config.reps)
+                    .map(|_| {
+                        let took = alternatives::run(i, workload, n, w, calibration);
+                        took.as_nanos() as f64 / n as f64
+                    })
+                    .collect();
+                let ns = median(runs);
+                eprintln!("{workload:?} W={w:<4} {name:<46} {ns:>9.1} ns/job");
+                cells.push(Cell {
+                    workload,
+                    workers: w,
+                    strategy: (*name).to_string(),
+                    ns_per_job: ns,
+                });
+            }
+        }
+    }
+    if let Some(path) = &config.go_results {
+        cells.extend(report::read_go(path));
+    }
+    let latency = alternatives::latency(
+        if config.quick { 2_000 } else { 20_000 },
+        Duration::from_micros(100),
+    );
+    let memory = alternatives::memory(if config.quick { 10_000 } else { 1_000_000 });
+    let shutdown = alternatives::shutdown_latency(config.reps);
+    let text = report::markdown(&config, &cells, &latency, &memory, &shutdown, calibration);
+    println!("{text}");
+    if let Some(out) = &config.out {
+        std::fs::write(out, &text).expect("write the report");
+        eprintln!("wrote {out}");
+    }
+    if let Some(svg) = &config.svg {
+        std::fs::write(svg, report::svg(&cells)).expect("write the chart");
+        eprintln!("wrote {svg}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The Markdown report and the SVG chart.
+
+use std::fmt::Write as _;
+
+use crate::alternatives::{Latency, Memory, ShutdownLatency};
+use crate::work::Workload;
+use crate::{Cell, Config, STRATEGIES, WORKPOOL_ROWS};
+
+const GO: &str = "Go tutorial pattern (chan 100 + goroutines)";
+
+/// Reads `workload,workers,ns_per_job` lines written by `benchmarks/go`.
+pub(crate) fn read_go(path: &str) -> Vec<Cell> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("compare: no Go results at {path}");
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let workload = match f.next()? {
+                "trivial" => Workload::Trivial,
+                "micro" => Workload::Micro,
+                "sleep" => Workload::Sleep,
+                _ => return None,
+            };
+            Some(Cell {
+                workload,
+                workers: f.next()?.parse().ok()?,
+                strategy: GO.to_string(),
+                ns_per_job: f.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn go_version(path: Option<&String>) -> String {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("# ").map(str::to_string))
+        })
+        .unwrap_or_else(|| "not run".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or_else(String::new, |kb| format!(", {} GiB", kb / 1024 / 1024));
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores{mem}; {rustc}")
+}
+
+fn find<'a>(cells: &'a [Cell], w: Workload, workers: usize, strategy: &str) -> Option<&'a Cell> {
+    cells
+        .iter()
+        .find(|c| c.workload == w && c.workers == workers && c.strategy == strategy)
+}
+
+pub(crate) fn markdown(
+    config: &Config,
+    cells: &[Cell],
+    latency: &[Latency],
+    memory: &[Memory],
+    shutdown: &ShutdownLatency,
+    calibration: u64,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Machine: {}; Go: {}.",
+        machine(),
+        go_version(config.go_results.as_ref())
+    );
+    let _ = writeln!(
+        s,
+        "Reproduce: `benchmarks/run.sh` (this file and `benchmarks/chart.svg`); `benchmarks/run.sh --quick` is the smoke run CI does.{}\n",
+        if config.quick {
+            " **This is a quick (smoke) run: 1/100 of the jobs, one repetition; its figures are not the real ones.**"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "Every figure is the median of {} repetitions, measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; the submitter is the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start.\n",
+        config.reps
+    );
+    for w in [Workload::Trivial, Workload::Micro, Workload::Sleep] {
+        let mut cols: Vec<usize> = cells
+            .iter()
+            .filter(|c| c.workload == w)
+            .map(|c| c.workers)
+            .collect();
+        cols.sort_unstable();
+        cols.dedup();
+        if cols.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "## {}\n", w.title());
+        let _ = write!(s, "| strategy |");
+        for c in &cols {
+            let _ = write!(s, " W = {c} |");
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| --- |{}", " --- |".repeat(cols.len()));
+        let best: Vec<f64> = cols
+            .iter()
+            .map(|&c| {
+                STRATEGIES[WORKPOOL_ROWS..]
+                    .iter()
+                    .filter_map(|st| find(cells, w, c, st))
+                    .map(|c| c.ns_per_job)
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        for st in STRATEGIES.iter().copied().chain([GO]) {
+            if !cols.iter().any(|&c| find(cells, w, c, st).is_some()) {
+                continue;
+            }
+            let _ = write!(s, "| {st} |");
+            for (k, &c) in cols.iter().enumerate() {
+                match find(cells, w, c, st) {
+                    Some(cell) => {
+                        let rate = 1e9 / cell.ns_per_job;
+                        let _ = write!(
+                            s,
+                            " {:.0} ns · {:.2} M/s · {:.2}× |",
+                            cell.ns_per_job,
+                            rate / 1e6,
+                            cell.ns_per_job / best[k]
+                        );
+                    }
+                    None => {
+                        let _ = write!(s, " n/a |");
+                    }
+                }
+            }
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "## Submit-to-start latency, one job every 100 µs, 8 workers\n"
+    );
+    let _ = writeln!(
+        s,
+        "| strategy | p50 | p99 | p99.9 |\n| --- | --- | --- | --- |"
+    );
+    for l in latency {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} µs | {:.1} µs | {:.1} µs |",
+            l.strategy, l.p50, l.p99, l.p999
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Memory with jobs queued (64-byte payloads, workers blocked)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| queue | jobs queued | resident bytes per queued job |\n| --- | --- | --- |"
+    );
+    for m in memory {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} |",
+            m.strategy, m.jobs, m.bytes_per_job
+        );
+    }
+    let _ = writeln!(s, "\n## Shutdown latency (workpool)\n");
+    let _ = writeln!(
+        s,
+        "| case | time |\n| --- | --- |\n| idle pool, 8 workers | {:.1} µs |\n| 8 running jobs that ignore cancellation, timeout 50 ms + grace 50 ms (floor 100 ms) | {:.1} ms |",
+        shutdown.idle_us, shutdown.deaf_ms
+    );
+    let _ = writeln!(
+        s,
+        "\n## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
+    );
+    if let Ok(cli) = std::fs::read_to_string("benchmarks/cli-results.md") {
+        s.push_str(&cli);
+        s.push('\n');
+    }
+    if let Ok(notes) = std::fs::read_to_string("benchmarks/NOTES.md") {
+        s.push_str(&notes);
+    }
+    s
+}
+
+/// Grouped bars: ns per job for trivial jobs, one group per W.
+pub(crate) fn svg(cells: &[Cell]) -> String {
+    let strategies: Vec<&str> = STRATEGIES.iter().copied().chain([GO]).collect();
+    let groups = [2usize, 8, 64];
+    let value = |st: &str, w: usize| find(cells, Workload::Trivial, w, st).map(|c| c.ns_per_job);
+    let max = groups
+        .iter()
+        .flat_map(|&w| strategies.iter().filter_map(move |st| value(st, w)))
+        .fold(1.0f64, f64::max);
+    let (width, height, left, top, plot_h) = (980.0, 520.0, 60.0, 40.0, 300.0);
+    let bar = 18.0;
+    let group_w = bar * strategies.len() as f64 + 40.0;
+    let colors = [
+        "#1b7837", "#5aae61", "#a6dba0", "#762a83", "#9970ab", "#c2a5cf", "#2166ac", "#67a9cf",
+        "#d6604d", "#444444",
+    ];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="22" font-size="15">ns per job, 10^6 trivial jobs (lower is better)</text>"#
+    );
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let y = top + plot_h - plot_h * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{v:.0}</text>"##,
+            left + group_w * 3.0,
+            left - 5.0,
+            y + 4.0
+        );
+    }
+    for (g, &w) in groups.iter().enumerate() {
+        let x0 = left + 20.0 + g as f64 * group_w;
+        for (i, st) in strategies.iter().enumerate() {
+            if let Some(v) = value(st, w) {
+                let h = plot_h * v / max;
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="{}" height="{h:.1}" fill="{}"><title>{st}, W = {w}: {v:.0} ns</title></rect>"#,
+                    x0 + i as f64 * bar,
+                    top + plot_h - h,
+                    bar - 2.0,
+                    colors[i % colors.len()]
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">W = {w}</text>"#,
+            x0 + bar * strategies.len() as f64 / 2.0,
+            top + plot_h + 18.0
+        );
+    }
+    for (i, st) in strategies.iter().enumerate() {
+        let y = top + plot_h + 40.0 + (i / 2) as f64 * 18.0;
+        let x = left + (i % 2) as f64 * 440.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{st}</text>"#,
+            y - 10.0,
+            colors[i % colors.len()],
+            x + 18.0,
+            y
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
