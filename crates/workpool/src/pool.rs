@@ -318,7 +318,11 @@ impl<P: Send + 'static> Pool<P> {
         if !shared.admit() {
             return Err(PushFail::Closed(env));
         }
-        let r = shared.queue.push(env, deadline).await;
+        // Fast path without a wait; the waiting push only when the queue is full.
+        let r = match shared.queue.try_push(env) {
+            Err(PushFail::Full(env)) => shared.queue.push(env, deadline).await,
+            r => r,
+        };
         self.settle(&r);
         r
     }

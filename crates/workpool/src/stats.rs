@@ -17,17 +17,36 @@ use crate::shared::lock;
 pub(crate) struct Shard {
     outcomes: [AtomicU64; 7],
     retried: AtomicU64,
+    /// Written by one worker only: a load and a store do, no read-modify-write
+    /// (no locked instruction) needed.
+    single_writer: bool,
 }
 
 impl Shard {
+    /// A shard that only the calling worker will ever write.
+    pub(crate) fn single_writer() -> Self {
+        Shard {
+            single_writer: true,
+            ..Shard::default()
+        }
+    }
+
+    fn bump(&self, counter: &AtomicU64, order: Ordering) {
+        if self.single_writer {
+            counter.store(counter.load(Ordering::Relaxed) + 1, order);
+        } else {
+            counter.fetch_add(1, order);
+        }
+    }
+
     /// Release: a reader that sees the count (Acquire) also sees everything the
     /// job's outcome wrote before it: the shutdown lists, the hook's effects.
     pub(crate) fn add(&self, kind: OutcomeKind) {
-        self.outcomes[kind as usize].fetch_add(1, Ordering::Release);
+        self.bump(&self.outcomes[kind as usize], Ordering::Release);
     }
 
     pub(crate) fn add_retry(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
+        self.bump(&self.retried, Ordering::Relaxed);
     }
 
     pub(crate) fn terminal(&self) -> u64 {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::context::{JobContext, WorkerSignals};
 use crate::handler::{BoxError, Handler, is_permanent};
@@ -165,7 +164,7 @@ where
     P: Send + 'static,
     X: Exec<P>,
 {
-    let shard = Arc::new(Shard::default());
+    let shard = Arc::new(Shard::single_writer());
     let slot: Arc<Slot<P>> = Arc::new(Slot::new());
     let number = {
         let mut workers = lock(&shared.workers);
@@ -219,15 +218,20 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 return;
             }
             let shared = &*self.shared;
-            let env = match shared.queue.take(|| shared.over_target()).await {
-                Take::Item(env) => env,
-                Take::Interrupted => continue,
-                Take::Closed => {
-                    shared
-                        .live
-                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                    return;
-                }
+            // Fast path without building the waiting future: under load the
+            // queue is rarely empty.
+            let env = match shared.queue.try_take() {
+                Some(env) => env,
+                None => match shared.queue.take(|| shared.over_target()).await {
+                    Take::Item(env) => env,
+                    Take::Interrupted => continue,
+                    Take::Closed => {
+                        shared
+                            .live
+                            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        return;
+                    }
+                },
             };
             self.process(env).await;
         }
@@ -303,27 +307,48 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
         );
         let span = tracing::info_span!(target: "workpool", "job", id = %run_job.id, attempt);
 
+        // The attempt races the abandon signal and, for a job with a timeout,
+        // the deadline + grace timer. Both are built only if the handler does
+        // not finish on its first poll: a quick job never touches them.
+        // A block of its own, so that the handler's future is dropped as soon
+        // as the race is decided, before the outcome is recorded.
+        let grace = config.grace;
+        let signals = &self.signals;
         let result = {
-            let fut = self
-                .exec
-                .run(&mut self.local, run_job, ctx)
-                .instrument(span);
-            let abandon = self.signals.abandon.cancelled();
-            // Biased, handler first: a job that finishes on its first poll
-            // never registers with the abandon signal or the timer.
-            match deadline {
-                None => tokio::select! {
-                    biased;
-                    r = fut => Some(Ok(r)),
-                    _ = abandon => None,
-                },
-                Some(d) => tokio::select! {
-                    biased;
-                    r = fut => Some(Ok(r)),
-                    _ = tokio::time::sleep_until(d + config.grace) => Some(Err(())),
-                    _ = abandon => None,
-                },
-            }
+            let mut run = pin!(self.exec.run(&mut self.local, run_job, ctx));
+            // Entered around each poll, as `Instrument` would, but only when a
+            // subscriber wants the span: a disabled one costs nothing per poll.
+            let traced = !span.is_disabled();
+            let mut abandon = pin!(None);
+            let mut timer = pin!(None);
+            poll_fn(|cx| {
+                let entered = traced.then(|| span.enter());
+                let polled = run.as_mut().poll(cx);
+                drop(entered);
+                if let Poll::Ready(r) = polled {
+                    return Poll::Ready(Some(Ok(r)));
+                }
+                if abandon.is_none() {
+                    abandon.set(Some(signals.abandon.cancelled()));
+                }
+                if let Some(a) = abandon.as_mut().as_pin_mut()
+                    && a.poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
+                }
+                if let Some(d) = deadline {
+                    if timer.is_none() {
+                        timer.set(Some(tokio::time::sleep_until(d + grace)));
+                    }
+                    if let Some(t) = timer.as_mut().as_pin_mut()
+                        && t.poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Some(Err(())));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
         };
         // None: shutdown abandoned this job and already recorded it.
         let Some(result) = result else { return };
