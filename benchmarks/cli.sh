@@ -31,7 +31,7 @@ export PATH="$tools/bin:$PATH"
 cargo build --release -q -p workpool-cli
 workpool="$PWD/target/release/workpool"
 
-reps=5
+reps=3
 n_true=10000
 n_sleep=1000
 mem_small=1000000

@@ -93,6 +93,16 @@ fn main() {
         alternatives::memory_child(&spec);
         return;
     }
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--chart-from")
+        && argv.len() == 5
+        && argv[3] == "--svg"
+    {
+        let text = std::fs::read_to_string(&argv[2]).expect("read the report");
+        std::fs::write(&argv[4], report::svg(&report::cells_from_markdown(&text)))
+            .expect("write the chart");
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("--calibrate") {
         println!("{}", work::calibrate());
         return;

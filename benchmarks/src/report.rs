@@ -201,10 +201,10 @@ pub(crate) fn markdown(
         s,
         "\n## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
     );
-    if let Ok(cli) = std::fs::read_to_string("benchmarks/cli-results.md") {
-        s.push_str(&cli);
-        s.push('\n');
-    }
+    let _ = writeln!(
+        s,
+        "## The command-line tool\n\n`workpool run` against `xargs -P`, GNU parallel and rust-parallel, and its memory over 10^6 and 10^7 records: [benchmarks/cli-results.md](benchmarks/cli-results.md), written by `benchmarks/cli.sh`.\n"
+    );
     if let Ok(notes) = std::fs::read_to_string("benchmarks/NOTES.md") {
         s.push_str(&notes);
     }
@@ -216,11 +216,14 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
     let strategies: Vec<&str> = STRATEGIES.iter().copied().chain([GO]).collect();
     let groups = [2usize, 8, 64];
     let value = |st: &str, w: usize| find(cells, Workload::Trivial, w, st).map(|c| c.ns_per_job);
-    let max = groups
+    // A log scale: the strategies differ by two orders of magnitude.
+    let top_value = groups
         .iter()
         .flat_map(|&w| strategies.iter().filter_map(move |st| value(st, w)))
-        .fold(1.0f64, f64::max);
-    let (width, height, left, top, plot_h) = (980.0, 520.0, 60.0, 40.0, 300.0);
+        .fold(10.0f64, f64::max);
+    let (lo, hi) = (1.0f64, top_value.log10().ceil().max(2.0));
+    let (width, height, left, top, plot_h) = (980.0, 520.0, 70.0, 40.0, 300.0);
+    let scale = |v: f64| plot_h * ((v.max(10.0).log10() - lo) / (hi - lo));
     let bar = 18.0;
     let group_w = bar * strategies.len() as f64 + 40.0;
     let colors = [
@@ -235,11 +238,11 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{left}" y="22" font-size="15">ns per job, 10^6 trivial jobs (lower is better)</text>"#
+        r#"<text x="{left}" y="22" font-size="15">ns per job, 10^6 trivial jobs, log scale (lower is better)</text>"#
     );
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        let y = top + plot_h - plot_h * k as f64 / 4.0;
+    for e in (lo as i32)..=(hi as i32) {
+        let v = 10f64.powi(e);
+        let y = top + plot_h - scale(v);
         let _ = writeln!(
             s,
             r##"<line x1="{left}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{v:.0}</text>"##,
@@ -252,7 +255,7 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
         let x0 = left + 20.0 + g as f64 * group_w;
         for (i, st) in strategies.iter().enumerate() {
             if let Some(v) = value(st, w) {
-                let h = plot_h * v / max;
+                let h = scale(v);
                 let _ = writeln!(
                     s,
                     r#"<rect x="{:.1}" y="{:.1}" width="{}" height="{h:.1}" fill="{}"><title>{st}, W = {w}: {v:.0} ns</title></rect>"#,
@@ -284,4 +287,43 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The trivial-jobs table of a BENCHMARKS.md, back into cells: redraws the
+/// chart without running everything again (`compare --chart-from FILE --svg FILE`).
+pub(crate) fn cells_from_markdown(text: &str) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    let mut in_table = false;
+    let mut cols: Vec<usize> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("## ") {
+            in_table = line == format!("## {}", Workload::Trivial.title());
+            continue;
+        }
+        if !in_table || !line.starts_with('|') {
+            continue;
+        }
+        let fields: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if fields[0] == "strategy" {
+            cols = fields[1..]
+                .iter()
+                .filter_map(|f| f.strip_prefix("W = ")?.parse().ok())
+                .collect();
+            continue;
+        }
+        for (k, f) in fields[1..].iter().enumerate() {
+            if let (Some(&w), Some(ns)) = (
+                cols.get(k),
+                f.split(" ns").next().and_then(|n| n.parse::<f64>().ok()),
+            ) {
+                cells.push(Cell {
+                    workload: Workload::Trivial,
+                    workers: w,
+                    strategy: fields[0].to_string(),
+                    ns_per_job: ns,
+                });
+            }
+        }
+    }
+    cells
 }
