@@ -150,7 +150,7 @@ async fn round(seed: u64, submitters: u64, per_submitter: u64, blocking: bool) -
                             .map(|e| e.into_inner()),
                         2 => match pool.submit(job).await {
                             Ok(h) => {
-                                if mix(&mut rng) % 4 == 0 {
+                                if mix(&mut rng).is_multiple_of(4) {
                                     h.cancel();
                                 }
                                 handles.push(h);
@@ -201,7 +201,7 @@ async fn round(seed: u64, submitters: u64, per_submitter: u64, blocking: bool) -
         }
         tokio::task::yield_now().await;
     }
-    let drain = mix(&mut rng) % 2 == 0;
+    let drain = mix(&mut rng).is_multiple_of(2);
     let started = std::time::Instant::now();
     let report = if drain {
         pool.shutdown(DRAIN).await
@@ -298,7 +298,12 @@ fn run_seeds(seeds: impl Iterator<Item = u64>, submitters: u64, per_submitter: u
             .enable_all()
             .build()
             .unwrap();
-        rounds.push(rt.block_on(round(seed, submitters, per_submitter, seed % 3 == 0)));
+        rounds.push(rt.block_on(round(
+            seed,
+            submitters,
+            per_submitter,
+            seed.is_multiple_of(3),
+        )));
         // Deaf blocking handlers were released; their threads end on their own.
         rt.shutdown_timeout(Duration::from_secs(1));
     }

@@ -76,7 +76,7 @@ async fn many_panics_never_reduce_the_workers() {
     let pool = seen
         .hook(Pool::builder().workers(3))
         .build(|job: Job<u32>, _ctx| async move {
-            if job.payload() % 2 == 0 {
+            if job.payload().is_multiple_of(2) {
                 panic!("boom {}", job.payload());
             }
             Ok::<_, std::io::Error>(())

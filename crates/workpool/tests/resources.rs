@@ -49,7 +49,7 @@ async fn memory_stays_bounded_when_producers_outrun_the_workers() {
                     let job = Job::with_id((p * 1_000_000 + i) as u64, vec![1u8; PAYLOAD]);
                     let _ = pool.try_submit_detached(job); // refused jobs come back and are dropped here
                     max_queued = max_queued.max(pool.stats().queued);
-                    if i % 64 == 0 {
+                    if i.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
