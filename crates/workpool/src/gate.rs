@@ -56,7 +56,7 @@ impl Gate {
 
     /// The state. (Outside the loom models, readers use `Shared::state`, a copy
     /// that submitters do not write.)
-    #[cfg_attr(not(workpool_loom), allow(dead_code))]
+    #[allow(dead_code)] // used by the loom models only
     pub(crate) fn state(&self) -> u8 {
         (self.0.load(Ordering::Acquire) >> SHIFT) as u8
     }
