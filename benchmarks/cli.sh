@@ -43,6 +43,10 @@ if [[ $quick -eq 1 ]]; then
     reps=1; n_true=100; n_sleep=20; mem_small=1000; mem_large=10000
 fi
 
+# The input of the sleep workload: n lines of 0.01 (no `yes | head`, whose
+# SIGPIPE would fail the pipeline under pipefail).
+sleeps="awk -v n=$n_sleep 'BEGIN { for (i = 0; i < n; i++) print \"0.01\" }'"
+
 # Seconds (float) for: input-generator | tool
 time_one() {
     local input=$1; shift
@@ -79,16 +83,16 @@ done
         echo "| tool | $n_true × \`true\`: ms per job | vs xargs | $n_sleep × \`sleep 0.01\`: ms per job | vs xargs |"
         echo "| --- | --- | --- | --- | --- |"
         xt=$(per_job "$n_true" "seq $n_true" xargs -P "$j" -n 1 true)
-        xs=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" xargs -P "$j" -n 1 sleep)
+        xs=$(per_job "$n_sleep" "$sleeps" xargs -P "$j" -n 1 sleep)
         for tool in xargs workpool rust-parallel parallel; do
             case $tool in
                 xargs) t=$xt; s=$xs ;;
                 workpool) t=$(per_job "$n_true" "seq $n_true" "$workpool" run -j "$j" true)
-                          s=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" "$workpool" run -j "$j" sleep) ;;
+                          s=$(per_job "$n_sleep" "$sleeps" "$workpool" run -j "$j" sleep) ;;
                 rust-parallel) t=$(per_job "$n_true" "seq $n_true" rust-parallel -j "$j" true)
-                               s=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" rust-parallel -j "$j" sleep) ;;
+                               s=$(per_job "$n_sleep" "$sleeps" rust-parallel -j "$j" sleep) ;;
                 parallel) t=$(per_job "$n_true" "seq $n_true" parallel --will-cite -j "$j" true)
-                          s=$(per_job "$n_sleep" "yes 0.01 | head -n $n_sleep" parallel --will-cite -j "$j" sleep) ;;
+                          s=$(per_job "$n_sleep" "$sleeps" parallel --will-cite -j "$j" sleep) ;;
             esac
             printf '| %s | %s | %.2f× | %s | %.2f× |\n' "$tool" "$t" "$(echo "$t / $xt" | bc -l)" "$s" "$(echo "$s / $xs" | bc -l)"
         done
