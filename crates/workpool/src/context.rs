@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::JobCancel;
 use crate::job::JobId;
 
 /// Signals one worker shares with every job it runs.
@@ -58,7 +59,7 @@ pub struct JobContext {
     attempt: u32,
     deadline: Option<Instant>,
     signals: Arc<WorkerSignals>,
-    job_cancel: Option<CancellationToken>,
+    job_cancel: Option<Arc<JobCancel>>,
 }
 
 impl JobContext {
@@ -67,7 +68,7 @@ impl JobContext {
         attempt: u32,
         deadline: Option<Instant>,
         signals: Arc<WorkerSignals>,
-        job_cancel: Option<CancellationToken>,
+        job_cancel: Option<Arc<JobCancel>>,
     ) -> Self {
         JobContext {
             id,

@@ -6,8 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use std::sync::Arc;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+
+use crate::cancel::JobCancel;
 
 use crate::job::JobId;
 use crate::outcome::Outcome;
@@ -45,7 +47,7 @@ use crate::outcome::Outcome;
 pub struct JobHandle<P = Bytes> {
     pub(crate) id: JobId,
     pub(crate) rx: oneshot::Receiver<Outcome<P>>,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: Arc<JobCancel>,
 }
 
 impl<P> JobHandle<P> {

@@ -123,6 +123,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cancel;
 mod context;
 mod error;
 mod gate;

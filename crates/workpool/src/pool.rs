@@ -6,10 +6,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cancel::JobCancel;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::context::JobContext;
 use crate::error::{BuildError, ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError};
@@ -273,7 +273,7 @@ impl<P> fmt::Debug for Pool<P> {
 
 fn with_handle<P>(job: Job<P>) -> (Envelope<P>, JobHandle<P>) {
     let (tx, rx) = oneshot::channel();
-    let cancel = CancellationToken::new();
+    let cancel = Arc::new(JobCancel::default());
     let handle = JobHandle {
         id: job.id.clone(),
         rx,

@@ -11,8 +11,10 @@ use tokio::time::Instant;
 
 use crate::job::Job;
 use crate::outcome::Outcome;
+use std::sync::Arc;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+
+use crate::cancel::JobCancel;
 
 /// A job on its way through the pool, with what it needs beyond itself.
 pub(crate) struct Envelope<P> {
@@ -28,7 +30,7 @@ pub(crate) struct Envelope<P> {
 /// The pool's end of a [`JobHandle`](crate::JobHandle).
 pub(crate) struct Reply<P> {
     pub(crate) tx: oneshot::Sender<Outcome<P>>,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: Arc<JobCancel>,
 }
 
 impl<P> Envelope<P> {

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::JobCancel;
 use crate::gate::Gate;
 use crate::job::JobId;
 use crate::outcome::{Completion, Outcome};
@@ -387,7 +388,7 @@ impl<P: Send + 'static> Shared<P> {
         tokio::spawn(async move { shared.retry_later(key, delay, job_cancel).await });
     }
 
-    async fn retry_later(&self, key: u64, delay: Duration, job_cancel: Option<CancellationToken>) {
+    async fn retry_later(&self, key: u64, delay: Duration, job_cancel: Option<Arc<JobCancel>>) {
         let job_cancelled = async {
             match &job_cancel {
                 Some(t) => t.cancelled().await,
