@@ -116,7 +116,8 @@ pub struct Ran {
     pub stderr: Vec<u8>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks, ignoring poison: no critical section here leaves its data half-written.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

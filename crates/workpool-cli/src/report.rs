@@ -162,10 +162,6 @@ fn show(record: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(record))
 }
 
-fn kind_name(kind: OutcomeKind) -> &'static str {
-    kind.as_str()
-}
-
 impl Reporter {
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Summary {
         let mut summary = Summary::default();
@@ -273,7 +269,7 @@ impl Reporter {
         let exit = done.exit.as_ref().map(Exit::describe);
         let mut why = match (done.kind, self.timeout) {
             (OutcomeKind::TimedOut, Some(t)) => format!("timed out after {t:?}"),
-            _ => exit.unwrap_or_else(|| kind_name(done.kind).to_string()),
+            _ => exit.unwrap_or_else(|| done.kind.as_str().to_string()),
         };
         if done.attempts > 1 {
             why.push_str(&format!(" (after {} attempts)", done.attempts));
@@ -302,7 +298,7 @@ impl Reporter {
                 None => "timed out".into(),
             }),
             (Some(e), _) => Some(e.describe()),
-            (None, kind) => Some(kind_name(kind).replace('_', " ")),
+            (None, kind) => Some(kind.as_str().replace('_', " ")),
         };
         let mut entry = Entry {
             seq: done.seq,
@@ -315,7 +311,7 @@ impl Reporter {
                 .collect(),
             exit_code,
             signal,
-            outcome: kind_name(done.kind).to_string(),
+            outcome: done.kind.as_str().to_string(),
             attempts: done.attempts,
             start: done
                 .start

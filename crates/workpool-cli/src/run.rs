@@ -17,7 +17,7 @@ use workpool::{
 };
 
 use crate::cli::{Halt, HaltWhen, RunArgs};
-use crate::command::{self, Ran, Template};
+use crate::command::{self, Ran, Template, lock};
 use crate::input::Records;
 use crate::joblog::{JobLog, Previous, ResumeMode};
 use crate::report::{Done, Event, Reporter, Stop, progress_bar};
@@ -65,10 +65,6 @@ impl std::fmt::Display for Halted {
 }
 
 impl std::error::Error for Halted {}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Exit status for an interrupted run.
 fn signal_status(kind: SignalKind) -> i32 {
@@ -421,53 +417,43 @@ fn check_halt(st: &State, kind: OutcomeKind) {
     }
 }
 
+/// Why a record holding a NUL byte cannot run.
+const NUL_RECORD: &str =
+    "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
+
 async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<(), BoxError> {
     let seq = ctx.id().as_u64().unwrap_or(0);
-    if st.halted.load(Ordering::SeqCst) {
-        // Taken from the queue after the halt: reported as not run.
-        lock(&st.attempts).insert(
-            seq,
-            AttemptInfo {
-                record: job.into_payload(),
-                argv: Vec::new(),
-                start: SystemTime::now(),
-                ran: None,
-                halted: true,
-            },
-        );
-        return Err(permanent(Halted).into());
-    }
-    let argv = st.template.argv(job.payload());
-    if job.payload().contains(&0) {
-        // An argument is a C string: a NUL byte cannot be passed, so say so
-        // instead of the OS's "nul byte found".
-        let why = "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
-        lock(&st.attempts).insert(
-            seq,
-            AttemptInfo {
-                record: job.into_payload(),
-                argv,
-                start: SystemTime::now(),
-                ran: Some(Ran {
-                    exit: command::Exit::NotStarted(why.into()),
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                }),
-                halted: false,
-            },
-        );
-        return Err(permanent(why).into());
-    }
+    // Taken from the queue after the halt: reported as not run.
+    let halted = st.halted.load(Ordering::SeqCst);
+    // An argument is a C string: a NUL byte cannot be passed, so say so
+    // instead of the OS's "nul byte found".
+    let nul = !halted && job.payload().contains(&0);
+    let argv = if halted {
+        Vec::new()
+    } else {
+        st.template.argv(job.payload())
+    };
+    let not_started = nul.then(|| Ran {
+        exit: command::Exit::NotStarted(NUL_RECORD.into()),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    });
     lock(&st.attempts).insert(
         seq,
         AttemptInfo {
             record: job.into_payload(),
             argv: argv.clone(),
             start: SystemTime::now(),
-            ran: None,
-            halted: false,
+            ran: not_started,
+            halted,
         },
     );
+    if halted {
+        return Err(permanent(Halted).into());
+    }
+    if nul {
+        return Err(permanent(NUL_RECORD).into());
+    }
     let ran = command::run(&argv, &ctx, st.kill_after, &st.kill_now, &st.groups).await;
     let result = if ran.exit.success() {
         Ok(())
@@ -485,15 +471,15 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<()
 fn done_from(st: &State, c: &Completion<Vec<u8>>) -> Done {
     let seq = c.id.as_u64().unwrap_or(0);
     let info = lock(&st.attempts).remove(&seq);
-    let record = match (&c.outcome, &info) {
-        (Outcome::Unstarted { job, .. }, _) => job.payload().clone(),
-        (_, Some(info)) => info.record.clone(),
-        (_, None) => Vec::new(),
-    };
     let halted = info.as_ref().is_some_and(|i| i.halted);
-    let (argv, start, ran) = match info {
-        Some(i) if !i.halted => (i.argv, Some(i.start), i.ran),
-        _ => (Vec::new(), None, None),
+    let (record, argv, start, ran) = match info {
+        Some(i) if !i.halted => (i.record, i.argv, Some(i.start), i.ran),
+        Some(i) => (i.record, Vec::new(), None, None),
+        None => (Vec::new(), Vec::new(), None, None),
+    };
+    let record = match &c.outcome {
+        Outcome::Unstarted { job, .. } => job.payload().clone(),
+        _ => record,
     };
     let (exit, stdout, stderr) = match ran {
         Some(r) => (Some(r.exit), r.stdout, r.stderr),

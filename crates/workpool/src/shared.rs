@@ -72,7 +72,6 @@ pub(crate) struct SubmitCounters {
     pub(crate) rejected: AtomicU64,
 }
 
-#[derive(Default)]
 pub(crate) struct RetryRegistry<P> {
     next_key: u64,
     pub(crate) waiting: HashMap<u64, Envelope<P>>,
@@ -305,6 +304,7 @@ impl<P: Send + 'static> Shared<P> {
 
     /// Hands back an envelope whose job will not run (again).
     pub(crate) fn hand_back(&self, env: Envelope<P>) {
+        let cancelled = env.is_cancelled();
         let Envelope {
             job,
             attempts,
@@ -312,23 +312,12 @@ impl<P: Send + 'static> Shared<P> {
             started,
         } = env;
         let id = job.id.clone();
-        if reply.as_ref().is_some_and(|r| r.cancel.is_cancelled()) {
-            self.finish(
-                &self.general,
-                id,
-                Outcome::Cancelled { attempts },
-                reply,
-                started,
-            );
+        let outcome = if cancelled {
+            Outcome::Cancelled { attempts }
         } else {
-            self.finish(
-                &self.general,
-                id,
-                Outcome::Unstarted { job, attempts },
-                reply,
-                started,
-            );
-        }
+            Outcome::Unstarted { job, attempts }
+        };
+        self.finish(&self.general, id, outcome, reply, started);
     }
 
     /// Hands back everything still queued.
