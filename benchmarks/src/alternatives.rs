@@ -11,13 +11,36 @@ use workpool::{Job, Pool};
 use crate::work::{Payload, Workload, cpu, payload, rounds};
 
 /// Every async strategy runs on a runtime with two worker threads (the two
-/// cores); the submitter runs on the main thread, as `main` would.
+/// cores).
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+/// Where an async strategy's submitter runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Submitter {
+    /// A task on the runtime, as in a service (the default).
+    Task,
+    /// The main thread, through `block_on`, as a `main` that submits would:
+    /// every wait for room is then an OS-level park and wake.
+    Main,
+}
+
+/// Runs an async strategy's `body` (which spawns its workers, submits and
+/// waits) on a fresh runtime, with the submitter where `submitter` says.
+fn on_runtime<F>(submitter: Submitter, body: F) -> Duration
+where
+    F: Future<Output = Duration> + Send + 'static,
+{
+    let rt = runtime();
+    match submitter {
+        Submitter::Main => rt.block_on(body),
+        Submitter::Task => rt.block_on(async { tokio::spawn(body).await.expect("the submitter") }),
+    }
 }
 
 const SLEEP: Duration = Duration::from_millis(10);
@@ -35,15 +58,22 @@ pub(crate) fn applies(i: usize, w: Workload) -> bool {
     !(w == Workload::Sleep && i >= 6)
 }
 
-pub(crate) fn run(i: usize, w: Workload, n: u64, workers: usize, calibration: u64) -> Duration {
+pub(crate) fn run(
+    i: usize,
+    w: Workload,
+    n: u64,
+    workers: usize,
+    calibration: u64,
+    s: Submitter,
+) -> Duration {
     let r = rounds(w, calibration);
     match i {
-        0 => workpool(Mode::Detached, w, n, workers, r),
-        1 => workpool(Mode::Handles, w, n, workers, r),
-        2 => workpool(Mode::Timeout, w, n, workers, r),
-        3 => tokio_mpsc(w, n, workers, r),
-        4 => spawn_semaphore(w, n, workers, r),
-        5 => flume_tasks(w, n, workers, r),
+        0 => on_runtime(s, workpool(Mode::Detached, w, n, workers, r)),
+        1 => on_runtime(s, workpool(Mode::Handles, w, n, workers, r)),
+        2 => on_runtime(s, workpool(Mode::Timeout, w, n, workers, r)),
+        3 => on_runtime(s, tokio_mpsc(w, n, workers, r)),
+        4 => on_runtime(s, spawn_semaphore(w, n, workers, r)),
+        5 => on_runtime(s, flume_tasks(w, n, workers, r)),
         6 => crossbeam_threads(n, workers, r),
         7 => rayon_spawn(n, workers, r),
         _ => threadpool_crate(n, workers, r),
@@ -57,122 +87,114 @@ enum Mode {
     Timeout,
 }
 
-fn workpool(mode: Mode, w: Workload, n: u64, workers: usize, r: u64) -> Duration {
-    runtime().block_on(async move {
-        let pool = Pool::builder()
-            .workers(workers)
-            .queue_capacity(100)
-            .build(move |job_: Job<Payload>, _ctx| async move {
-                job(*job_.payload(), w, r).await;
-                Ok::<(), Infallible>(())
-            })
-            .expect("a pool");
-        let start = Instant::now();
-        match mode {
-            Mode::Detached => {
-                for i in 0..n {
-                    pool.submit_detached(Job::with_id(i, payload(i)))
-                        .await
-                        .expect("open");
-                }
-            }
-            Mode::Timeout => {
-                for i in 0..n {
-                    let job = Job::with_id(i, payload(i)).with_timeout(Duration::from_secs(600));
-                    pool.submit_detached(job).await.expect("open");
-                }
-            }
-            Mode::Handles => {
-                let mut handles = Vec::with_capacity(n as usize);
-                for i in 0..n {
-                    handles.push(
-                        pool.submit(Job::with_id(i, payload(i)))
-                            .await
-                            .expect("open"),
-                    );
-                }
-                for h in handles {
-                    assert!(h.await.is_success());
-                }
+async fn workpool(mode: Mode, w: Workload, n: u64, workers: usize, r: u64) -> Duration {
+    let pool = Pool::builder()
+        .workers(workers)
+        .queue_capacity(100)
+        .build(move |job_: Job<Payload>, _ctx| async move {
+            job(*job_.payload(), w, r).await;
+            Ok::<(), Infallible>(())
+        })
+        .expect("a pool");
+    let start = Instant::now();
+    match mode {
+        Mode::Detached => {
+            for i in 0..n {
+                pool.submit_detached(Job::with_id(i, payload(i)))
+                    .await
+                    .expect("open");
             }
         }
-        let report = pool.shutdown(Duration::from_secs(600)).await;
-        assert_eq!(report.stats().succeeded, n);
-        start.elapsed()
-    })
+        Mode::Timeout => {
+            for i in 0..n {
+                let job = Job::with_id(i, payload(i)).with_timeout(Duration::from_secs(600));
+                pool.submit_detached(job).await.expect("open");
+            }
+        }
+        Mode::Handles => {
+            let mut handles = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                handles.push(
+                    pool.submit(Job::with_id(i, payload(i)))
+                        .await
+                        .expect("open"),
+                );
+            }
+            for h in handles {
+                assert!(h.await.is_success());
+            }
+        }
+    }
+    let report = pool.shutdown(Duration::from_secs(600)).await;
+    assert_eq!(report.stats().succeeded, n);
+    start.elapsed()
 }
 
 /// The Go tutorial's pattern ported literally: a bounded channel of 100 and
 /// W tasks sharing its receiver behind a mutex.
-fn tokio_mpsc(w: Workload, n: u64, workers: usize, r: u64) -> Duration {
-    runtime().block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Payload>(100);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let tasks: Vec<_> = (0..workers)
-            .map(|_| {
-                let rx = rx.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let next = rx.lock().await.recv().await;
-                        match next {
-                            Some(p) => job(p, w, r).await,
-                            None => break,
-                        }
-                    }
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        for i in 0..n {
-            tx.send(payload(i)).await.expect("open");
-        }
-        drop(tx);
-        for t in tasks {
-            t.await.expect("worker");
-        }
-        start.elapsed()
-    })
-}
-
-fn spawn_semaphore(w: Workload, n: u64, workers: usize, r: u64) -> Duration {
-    runtime().block_on(async move {
-        let sem = Arc::new(Semaphore::new(workers));
-        let start = Instant::now();
-        for i in 0..n {
-            let permit = sem.clone().acquire_owned().await.expect("open");
+async fn tokio_mpsc(w: Workload, n: u64, workers: usize, r: u64) -> Duration {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Payload>(100);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let rx = rx.clone();
             tokio::spawn(async move {
-                job(payload(i), w, r).await;
-                drop(permit);
-            });
-        }
-        let _all = sem.acquire_many(workers as u32).await.expect("open");
-        start.elapsed()
-    })
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    match next {
+                        Some(p) => job(p, w, r).await,
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for i in 0..n {
+        tx.send(payload(i)).await.expect("open");
+    }
+    drop(tx);
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    start.elapsed()
 }
 
-fn flume_tasks(w: Workload, n: u64, workers: usize, r: u64) -> Duration {
-    runtime().block_on(async move {
-        let (tx, rx) = flume::bounded::<Payload>(100);
-        let tasks: Vec<_> = (0..workers)
-            .map(|_| {
-                let rx = rx.clone();
-                tokio::spawn(async move {
-                    while let Ok(p) = rx.recv_async().await {
-                        job(p, w, r).await;
-                    }
-                })
+async fn spawn_semaphore(w: Workload, n: u64, workers: usize, r: u64) -> Duration {
+    let sem = Arc::new(Semaphore::new(workers));
+    let start = Instant::now();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await.expect("open");
+        tokio::spawn(async move {
+            job(payload(i), w, r).await;
+            drop(permit);
+        });
+    }
+    let _all = sem.acquire_many(workers as u32).await.expect("open");
+    start.elapsed()
+}
+
+async fn flume_tasks(w: Workload, n: u64, workers: usize, r: u64) -> Duration {
+    let (tx, rx) = flume::bounded::<Payload>(100);
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                while let Ok(p) = rx.recv_async().await {
+                    job(p, w, r).await;
+                }
             })
-            .collect();
-        let start = Instant::now();
-        for i in 0..n {
-            tx.send_async(payload(i)).await.expect("open");
-        }
-        drop(tx);
-        for t in tasks {
-            t.await.expect("worker");
-        }
-        start.elapsed()
-    })
+        })
+        .collect();
+    let start = Instant::now();
+    for i in 0..n {
+        tx.send_async(payload(i)).await.expect("open");
+    }
+    drop(tx);
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    start.elapsed()
 }
 
 fn crossbeam_threads(n: u64, workers: usize, r: u64) -> Duration {

@@ -4,7 +4,11 @@
 //! also runs the Go tutorial pattern and passes its figures in.
 //!
 //! Flags: `--quick` (a smoke run: small N, one repetition), `--reps N`,
-//! `--go-results FILE`, `--out FILE`, `--svg FILE`.
+//! `--go-results FILE`, `--out FILE`, `--svg FILE`, `--submitter task|main`
+//! (where async strategies submit from; a task by default). For a quick look
+//! at a few cells while working on the hot path: `--only TEXT` (strategies
+//! whose name contains it), `--workload trivial|micro|sleep`, `--workers N`;
+//! with any of these only the throughput lines are printed.
 
 mod alternatives;
 mod report;
@@ -37,6 +41,22 @@ pub(crate) struct Config {
     pub(crate) out: Option<String>,
     pub(crate) svg: Option<String>,
     pub(crate) micro_rounds: Option<u64>,
+    pub(crate) submitter: alternatives::Submitter,
+    only: Option<String>,
+    workload: Option<Workload>,
+    workers: Option<usize>,
+}
+
+impl Config {
+    /// Whether a filter asked for a few cells rather than the full report.
+    fn filtered(&self) -> bool {
+        self.only.is_some() || self.workload.is_some() || self.workers.is_some()
+    }
+}
+
+fn usage(what: &str) -> ! {
+    eprintln!("compare: {what}");
+    std::process::exit(2);
 }
 
 fn parse_args() -> Config {
@@ -47,6 +67,10 @@ fn parse_args() -> Config {
         out: None,
         svg: None,
         micro_rounds: None,
+        submitter: alternatives::Submitter::Task,
+        only: None,
+        workload: None,
+        workers: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -60,10 +84,30 @@ fn parse_args() -> Config {
             "--out" => c.out = args.next(),
             "--svg" => c.svg = args.next(),
             "--micro-rounds" => c.micro_rounds = args.next().and_then(|v| v.parse().ok()),
-            other => {
-                eprintln!("compare: unknown argument {other}");
-                std::process::exit(2);
+            "--submitter" => {
+                c.submitter = match args.next().as_deref() {
+                    Some("task") => alternatives::Submitter::Task,
+                    Some("main") => alternatives::Submitter::Main,
+                    _ => usage("--submitter takes task or main"),
+                }
             }
+            "--only" => c.only = Some(args.next().unwrap_or_else(|| usage("--only takes a text"))),
+            "--workload" => {
+                c.workload = Some(match args.next().as_deref() {
+                    Some("trivial") => Workload::Trivial,
+                    Some("micro") => Workload::Micro,
+                    Some("sleep") => Workload::Sleep,
+                    _ => usage("--workload takes trivial, micro or sleep"),
+                })
+            }
+            "--workers" => {
+                c.workers = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| usage("--workers takes a number")),
+                )
+            }
+            other => usage(&format!("unknown argument {other}")),
         }
     }
     c
@@ -113,18 +157,30 @@ fn main() {
     eprintln!("1 µs of work = {} rounds", calibration);
     let mut cells = Vec::new();
     for workload in [Workload::Trivial, Workload::Micro, Workload::Sleep] {
+        if config.workload.is_some_and(|w| w != workload) {
+            continue;
+        }
         let (n, workers): (u64, &[usize]) = match workload {
             Workload::Trivial | Workload::Micro => (1_000_000 / scale, &[2, 8, 64]),
             Workload::Sleep => (100_000 / scale, &[1000]),
         };
         for &w in workers {
+            if config.workers.is_some_and(|only| only != w) {
+                continue;
+            }
             for (i, name) in STRATEGIES.iter().enumerate() {
-                if !alternatives::applies(i, workload) {
+                if !alternatives::applies(i, workload)
+                    || config
+                        .only
+                        .as_ref()
+                        .is_some_and(|o| !name.contains(o.as_str()))
+                {
                     continue;
                 }
                 let runs: Vec<f64> = (0..config.reps)
                     .map(|_| {
-                        let took = alternatives::run(i, workload, n, w, calibration);
+                        let took =
+                            alternatives::run(i, workload, n, w, calibration, config.submitter);
                         took.as_nanos() as f64 / n as f64
                     })
                     .collect();
@@ -138,6 +194,9 @@ fn main() {
                 });
             }
         }
+    }
+    if config.filtered() {
+        return;
     }
     if let Some(path) = &config.go_results {
         cells.extend(report::read_go(path));

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::alternatives::{Latency, Memory, ShutdownLatency};
+use crate::alternatives::{Latency, Memory, ShutdownLatency, Submitter};
 use crate::work::Workload;
 use crate::{Cell, Config, STRATEGIES, WORKPOOL_ROWS};
 
@@ -104,8 +104,14 @@ pub(crate) fn markdown(
     );
     let _ = writeln!(
         s,
-        "Every figure is the median of {} repetitions, measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; the submitter is the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start.\n",
-        config.reps
+        "Every figure is the median of {} repetitions, measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; {submitter} Thread-based strategies submit from the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start.\n",
+        config.reps,
+        submitter = match config.submitter {
+            Submitter::Task =>
+                "their submitter is a task on that runtime, as in a service (`--submitter main` puts it on the main thread, as a `main` that submits would; every wait for room is then an OS-level park and wake).",
+            Submitter::Main =>
+                "their submitter is the main thread, through `block_on` (`--submitter main`): every wait for room is an OS-level park and wake.",
+        }
     );
     for w in [Workload::Trivial, Workload::Micro, Workload::Sleep] {
         let mut cols: Vec<usize> = cells
