@@ -279,22 +279,12 @@ fn with_handle<P>(job: Job<P>) -> (Envelope<P>, JobHandle<P>) {
         rx,
         cancel: cancel.clone(),
     };
-    let env = Envelope {
-        job,
-        attempts: 0,
-        reply: Some(Reply { tx, cancel }),
-        started: None,
-    };
+    let env = Envelope::new(job, Some(Reply { tx, cancel }));
     (env, handle)
 }
 
 fn detached<P>(job: Job<P>) -> Envelope<P> {
-    Envelope {
-        job,
-        attempts: 0,
-        reply: None,
-        started: None,
-    }
+    Envelope::new(job, None)
 }
 
 impl<P> Pool<P> {

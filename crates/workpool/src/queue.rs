@@ -17,12 +17,22 @@ use tokio::sync::oneshot;
 use crate::cancel::JobCancel;
 
 /// A job on its way through the pool, with what it needs beyond itself.
+///
+/// Kept small: an envelope is moved several times between submit and run,
+/// and at 128 bytes or less (with a 64-byte payload) those moves are inline
+/// stores rather than calls to `memcpy`.
 pub(crate) struct Envelope<P> {
     pub(crate) job: Job<P>,
-    /// Attempts already made: 0 on submit, more when it comes back to retry.
-    pub(crate) attempts: u32,
     /// Present only when the caller asked for a [`JobHandle`](crate::JobHandle).
     pub(crate) reply: Option<Reply<P>>,
+    /// Present only when the job comes back to retry.
+    pub(crate) retried: Option<Box<Retried>>,
+}
+
+/// What a job coming back to retry carries from its earlier attempts.
+pub(crate) struct Retried {
+    /// Attempts already made.
+    pub(crate) attempts: u32,
     /// When the first attempt started, if durations are measured.
     pub(crate) started: Option<Instant>,
 }
@@ -34,6 +44,22 @@ pub(crate) struct Reply<P> {
 }
 
 impl<P> Envelope<P> {
+    /// A job not yet tried.
+    pub(crate) fn new(job: Job<P>, reply: Option<Reply<P>>) -> Self {
+        Envelope {
+            job,
+            reply,
+            retried: None,
+        }
+    }
+
+    /// The job, its reply, the attempts already made and when the first
+    /// started.
+    pub(crate) fn open(self) -> (Job<P>, Option<Reply<P>>, u32, Option<Instant>) {
+        let (attempts, started) = self.retried.map_or((0, None), |r| (r.attempts, r.started));
+        (self.job, self.reply, attempts, started)
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         self.reply.as_ref().is_some_and(|r| r.cancel.is_cancelled())
     }

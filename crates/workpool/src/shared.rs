@@ -305,12 +305,7 @@ impl<P: Send + 'static> Shared<P> {
     /// Hands back an envelope whose job will not run (again).
     pub(crate) fn hand_back(&self, env: Envelope<P>) {
         let cancelled = env.is_cancelled();
-        let Envelope {
-            job,
-            attempts,
-            reply,
-            started,
-        } = env;
+        let (job, reply, attempts, started) = env.open();
         let id = job.id.clone();
         let outcome = if cancelled {
             Outcome::Cancelled { attempts }

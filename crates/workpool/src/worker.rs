@@ -15,7 +15,7 @@ use crate::context::{JobContext, WorkerSignals};
 use crate::handler::{BoxError, Handler, is_permanent};
 use crate::job::Job;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::queue::{Envelope, Take};
+use crate::queue::{Envelope, Retried, Take};
 use crate::shared::{HANDING_BACK, InFlight, Shared, Slot, WorkerEntry, lock};
 use crate::stats::Shard;
 
@@ -238,12 +238,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
     }
 
     async fn process(&mut self, env: Envelope<P>) {
-        let Envelope {
-            job,
-            attempts,
-            reply,
-            started,
-        } = env;
+        let (job, reply, attempts, started) = env.open();
         let attempt = attempts + 1;
         let job_cancel = reply.as_ref().map(|r| r.cancel.clone());
         if job_cancel.as_ref().is_some_and(|t| t.is_cancelled()) {
@@ -432,9 +427,11 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             {
                 let env = Envelope {
                     job,
-                    attempts: attempt,
                     reply,
-                    started,
+                    retried: Some(Box::new(Retried {
+                        attempts: attempt,
+                        started,
+                    })),
                 };
                 if shared.state() >= HANDING_BACK {
                     // Shutting down: the retry comes back to the caller instead.
