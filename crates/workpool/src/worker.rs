@@ -27,15 +27,23 @@ pub(crate) enum Attempt {
 
 /// How a handler is run: on the worker's task (async) or on a thread of its
 /// own (blocking). `Local` is per-worker state, e.g. that thread.
+///
+/// `start` returns the attempt's future and the worker polls it itself,
+/// catching a panic in `start` and in every poll: for an async handler that
+/// future is the handler's own, with no layer in between (a layer is one more
+/// copy of the job per attempt).
 pub(crate) trait Exec<P>: Send + Sync + 'static {
     type Local: Send + 'static;
+    /// What the attempt's future returns; [`Exec::attempt`] reads it.
+    type Out;
     fn local(&self) -> Self::Local;
-    fn run<'a>(
+    fn start<'a>(
         &'a self,
         local: &'a mut Self::Local,
         job: Job<P>,
         ctx: JobContext,
-    ) -> impl Future<Output = Attempt> + Send + 'a;
+    ) -> impl Future<Output = Self::Out> + Send + 'a;
+    fn attempt(out: Self::Out) -> Attempt;
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -53,25 +61,21 @@ pub(crate) struct AsyncExec<H>(pub(crate) H);
 
 impl<P: Send + 'static, H: Handler<P>> Exec<P> for AsyncExec<H> {
     type Local = ();
+    type Out = Result<(), H::Error>;
 
     fn local(&self) {}
 
-    async fn run(&self, _: &mut (), job: Job<P>, ctx: JobContext) -> Attempt {
-        // The call itself may panic before it returns a future.
-        let fut = match catch_unwind(AssertUnwindSafe(|| self.0.call(job, ctx))) {
-            Ok(fut) => fut,
-            Err(p) => return Attempt::Panicked(panic_message(&*p)),
-        };
-        let mut fut = pin!(fut);
-        // Catch a panic in any poll, so one job's panic ends that job only.
-        poll_fn(
-            |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-                Ok(Poll::Ready(r)) => Poll::Ready(Attempt::Returned(r.map_err(Into::into))),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(p) => Poll::Ready(Attempt::Panicked(panic_message(&*p))),
-            },
-        )
-        .await
+    fn start<'a>(
+        &'a self,
+        _: &'a mut (),
+        job: Job<P>,
+        ctx: JobContext,
+    ) -> impl Future<Output = Self::Out> + Send + 'a {
+        self.0.call(job, ctx)
+    }
+
+    fn attempt(out: Self::Out) -> Attempt {
+        Attempt::Returned(out.map_err(Into::into))
     }
 }
 
@@ -126,12 +130,17 @@ where
     E: Into<BoxError> + 'static,
 {
     type Local = Option<BlockingThread<P>>;
+    type Out = Attempt;
 
     fn local(&self) -> Self::Local {
         None
     }
 
-    async fn run(&self, local: &mut Self::Local, job: Job<P>, ctx: JobContext) -> Attempt {
+    fn attempt(out: Attempt) -> Attempt {
+        out
+    }
+
+    async fn start(&self, local: &mut Self::Local, job: Job<P>, ctx: JobContext) -> Attempt {
         let mut thread = match local.take() {
             Some(t) => t,
             None => match start_thread(&self.0) {
@@ -286,21 +295,20 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
         let timeout = job.timeout.or(config.default_timeout);
         // Only a job with a timeout reads the clock and sets a timer.
         let deadline = timeout.map(|t| Instant::now() + t);
-        // A copy is kept only when another attempt may follow.
-        let (run_job, kept) = match (policy, cloner) {
-            (Some(p), Some(clone)) if p.max_attempts() > attempt => {
-                (job.try_clone_with(clone), Some(job))
-            }
-            _ => (job, None),
+        // A copy is kept only when another attempt may follow; the job itself
+        // runs, so without a copy it is not moved again.
+        let kept = match (policy, cloner) {
+            (Some(p), Some(clone)) if p.max_attempts() > attempt => Some(job.try_clone_with(clone)),
+            _ => None,
         };
         let ctx = JobContext::new(
-            run_job.id.clone(),
+            job.id.clone(),
             attempt,
             deadline,
             self.signals.clone(),
             job_cancel.clone(),
         );
-        let span = tracing::info_span!(target: "workpool", "job", id = %run_job.id, attempt);
+        let span = tracing::info_span!(target: "workpool", "job", id = %job.id, attempt);
 
         // The attempt races the abandon signal and, for a job with a timeout,
         // the deadline + grace timer. Both are built only if the handler does
@@ -310,18 +318,35 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
         let grace = config.grace;
         let signals = &self.signals;
         let result = {
-            let mut run = pin!(self.exec.run(&mut self.local, run_job, ctx));
-            // Entered around each poll, as `Instrument` would, but only when a
-            // subscriber wants the span: a disabled one costs nothing per poll.
+            // Entered around the call and each poll, as `Instrument` would,
+            // but only when a subscriber wants the span: a disabled one costs
+            // nothing per poll.
             let traced = !span.is_disabled();
+            let entered = traced.then(|| span.enter());
+            // The call itself may panic before it returns a future.
+            let (exec, local) = (&self.exec, &mut self.local);
+            let started = catch_unwind(AssertUnwindSafe(|| exec.start(local, job, ctx)));
+            drop(entered);
+            let (fut, mut early) = match started {
+                Ok(fut) => (Some(fut), None),
+                Err(p) => (None, Some(panic_message(&*p))),
+            };
+            let mut run = pin!(fut);
             let mut abandon = pin!(None);
             let mut timer = pin!(None);
             poll_fn(|cx| {
+                let Some(fut) = run.as_mut().as_pin_mut() else {
+                    let message = early.take().unwrap_or_default();
+                    return Poll::Ready(Some(Ok(Attempt::Panicked(message))));
+                };
                 let entered = traced.then(|| span.enter());
-                let polled = run.as_mut().poll(cx);
+                // A panic in any poll ends this job only.
+                let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
                 drop(entered);
-                if let Poll::Ready(r) = polled {
-                    return Poll::Ready(Some(Ok(r)));
+                match polled {
+                    Ok(Poll::Ready(out)) => return Poll::Ready(Some(Ok(X::attempt(out)))),
+                    Err(p) => return Poll::Ready(Some(Ok(Attempt::Panicked(panic_message(&*p))))),
+                    Ok(Poll::Pending) => {}
                 }
                 if abandon.is_none() {
                     abandon.set(Some(signals.abandon.cancelled()));
