@@ -1,10 +1,12 @@
 //! Building a job's argv from the template, running it in a process group of
 //! its own, and stopping that whole group.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -141,6 +143,41 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Where each program named without a `/` was found in `PATH`, looked up once
+/// per name for the whole run. Left to `execvp`, the search happens again for
+/// every job: with `true` in the ninth `PATH` entry that is eight failed
+/// `execve` calls per job, with the spawning thread held in `vfork`
+/// meanwhile. A name not found is left to the spawn, which reports it.
+#[derive(Debug, Default)]
+pub struct Programs(Mutex<HashMap<OsString, Option<PathBuf>>>);
+
+impl Programs {
+    fn find(&self, name: &OsStr) -> Option<PathBuf> {
+        if name.as_bytes().contains(&b'/') {
+            return None;
+        }
+        if let Some(found) = lock(&self.0).get(name) {
+            return found.clone();
+        }
+        let found = search_path(name);
+        lock(&self.0).insert(name.to_owned(), found.clone());
+        found
+    }
+}
+
+/// The first executable file called `name` in `PATH`, as `execvp` would
+/// find it (an empty entry is the current directory).
+fn search_path(name: &OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Runs `argv` in a new process group with stdin closed and output captured.
 ///
 /// When `ctx` is cancelled (deadline, shutdown), the group gets SIGTERM and,
@@ -153,8 +190,17 @@ pub async fn run(
     kill_after: Duration,
     kill_now: &CancellationToken,
     groups: &Mutex<HashSet<i32>>,
+    programs: &Programs,
 ) -> Ran {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
+    let mut cmd = match programs.find(&argv[0]) {
+        Some(path) => {
+            let mut cmd = tokio::process::Command::new(path);
+            // The program sees its name as it was given.
+            cmd.arg0(&argv[0]);
+            cmd
+        }
+        None => tokio::process::Command::new(&argv[0]),
+    };
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

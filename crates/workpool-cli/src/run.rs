@@ -44,6 +44,8 @@ struct State {
     attempts: Mutex<HashMap<u64, AttemptInfo>>,
     /// Process groups still alive, killed on the way out whatever happened.
     groups: Arc<Mutex<HashSet<i32>>>,
+    /// Where each program was found in `PATH`.
+    programs: command::Programs,
     halt: Option<Halt>,
     /// Final failures so far, counted in the outcome hook.
     failures: AtomicU64,
@@ -172,6 +174,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         kill_now: CancellationToken::new(),
         attempts: Mutex::new(HashMap::new()),
         groups: Arc::new(Mutex::new(HashSet::new())),
+        programs: command::Programs::default(),
         halt: args.halt,
         failures: AtomicU64::new(0),
         halted: AtomicBool::new(false),
@@ -454,7 +457,15 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<()
     if nul {
         return Err(permanent(NUL_RECORD).into());
     }
-    let ran = command::run(&argv, &ctx, st.kill_after, &st.kill_now, &st.groups).await;
+    let ran = command::run(
+        &argv,
+        &ctx,
+        st.kill_after,
+        &st.kill_now,
+        &st.groups,
+        &st.programs,
+    )
+    .await;
     let result = if ran.exit.success() {
         Ok(())
     } else {

@@ -580,6 +580,42 @@ fn a_command_that_cannot_run_fails_each_job_clearly() {
 }
 
 #[test]
+fn a_program_is_found_in_path_as_execvp_would_and_keeps_its_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new("path");
+    // `tool` twice on PATH: first not executable (skipped, as execvp skips
+    // it), then a script that says which one ran.
+    for (sub, mode) in [("a", 0o644), ("b", 0o755)] {
+        std::fs::create_dir_all(dir.path(sub)).unwrap();
+        let tool = dir.path(sub).join("tool");
+        std::fs::write(&tool, format!("#!/bin/sh\necho {sub} \"$1\"\n")).unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let path = format!(
+        "{}:{}:{}",
+        dir.path("a").display(),
+        dir.path("b").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut child = workpool(&dir, &["-k", "tool", "{}"])
+        .env("PATH", &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"1\n2\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "b 1\nb 2\n", "{}", text(&out.stderr));
+
+    // A program run through a PATH lookup sees the name it was given as
+    // argv[0], not the path it was found at.
+    let out = run(&dir, &["cat", "/proc/self/cmdline"], b"/dev/null\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"cat\0/proc/self/cmdline\0/dev/null\0");
+}
+
+#[test]
 fn halt_now_kills_running_jobs_and_halt_soon_lets_them_finish() {
     let dir = Dir::new("halt");
     // Record 1 fails at once; record 2 runs long.
