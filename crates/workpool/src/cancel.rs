@@ -1,12 +1,23 @@
 //! `JobCancel`: the cancellation signal of one job with a handle.
 //!
 //! Lighter than a `CancellationToken` for this use: no tree of children, and
-//! cloning (an `Arc`) takes no lock. The handle, the queued envelope, the
-//! running job's context and a retry timer each hold one.
+//! cloning (an `Arc`) takes no lock. It lives in the job's reply cell
+//! (`reply.rs`); the handle, the queued envelope, the running job's context
+//! and a retry timer each hold a reference to that.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
+
+/// What holds a job's cancel signal (its reply cell), seen without the
+/// payload type by the job's context and its retry timer.
+pub(crate) trait HoldsCancel: Send + Sync {
+    fn job_cancel(&self) -> &JobCancel;
+}
+
+/// A shared reference to a job's cancel signal.
+pub(crate) type CancelRef = Arc<dyn HoldsCancel>;
 
 #[derive(Debug, Default)]
 pub(crate) struct JobCancel {
@@ -45,7 +56,6 @@ impl JobCancel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_waiter_wakes_on_cancel_and_later_waiters_return_at_once() {

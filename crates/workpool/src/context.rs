@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cancel::JobCancel;
+use crate::cancel::CancelRef;
 use crate::job::JobId;
 
 /// Signals one worker shares with every job it runs.
@@ -53,13 +53,24 @@ pub enum CancelReason {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub struct JobContext {
     id: JobId,
     attempt: u32,
     deadline: Option<Instant>,
     signals: Arc<WorkerSignals>,
-    job_cancel: Option<Arc<JobCancel>>,
+    job_cancel: Option<CancelRef>,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("deadline", &self.deadline)
+            .field("worker", &self.signals.worker)
+            .field("cancel_reason", &self.cancel_reason())
+            .finish()
+    }
 }
 
 impl JobContext {
@@ -68,7 +79,7 @@ impl JobContext {
         attempt: u32,
         deadline: Option<Instant>,
         signals: Arc<WorkerSignals>,
-        job_cancel: Option<Arc<JobCancel>>,
+        job_cancel: Option<CancelRef>,
     ) -> Self {
         JobContext {
             id,
@@ -116,7 +127,11 @@ impl JobContext {
     pub fn cancel_reason(&self) -> Option<CancelReason> {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             Some(CancelReason::Deadline)
-        } else if self.job_cancel.as_ref().is_some_and(|t| t.is_cancelled()) {
+        } else if self
+            .job_cancel
+            .as_ref()
+            .is_some_and(|t| t.job_cancel().is_cancelled())
+        {
             Some(CancelReason::Cancelled)
         } else if self.signals.cancel.is_cancelled() {
             Some(CancelReason::Shutdown)
@@ -140,7 +155,7 @@ impl JobContext {
         };
         let job = async {
             match &self.job_cancel {
-                Some(t) => t.cancelled().await,
+                Some(t) => t.job_cancel().cancelled().await,
                 None => std::future::pending().await,
             }
         };

@@ -7,9 +7,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
-use crate::cancel::JobCancel;
+use crate::reply::ReplyCell;
 
 use crate::job::JobId;
 use crate::outcome::Outcome;
@@ -46,8 +45,9 @@ use crate::outcome::Outcome;
 #[must_use = "a JobHandle does nothing unless awaited; dropping it does not cancel the job"]
 pub struct JobHandle<P = Bytes> {
     pub(crate) id: JobId,
-    pub(crate) rx: oneshot::Receiver<Outcome<P>>,
-    pub(crate) cancel: Arc<JobCancel>,
+    pub(crate) cell: Arc<ReplyCell<P>>,
+    /// The outcome was returned: nothing to tell the cell on drop.
+    pub(crate) done: bool,
 }
 
 impl<P> JobHandle<P> {
@@ -62,7 +62,15 @@ impl<P> JobHandle<P> {
     /// error it ends `Cancelled`, if it returns `Ok` it ends `Succeeded`.
     /// Already finished: nothing happens.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.cell.cancel().cancel();
+    }
+}
+
+impl<P> Drop for JobHandle<P> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cell.handle_dropped();
+        }
     }
 }
 
@@ -70,9 +78,11 @@ impl<P> Future for JobHandle<P> {
     type Output = Outcome<P>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Outcome::Abandoned { attempts: 0 }))
+        let polled = self.cell.poll_outcome(cx);
+        if polled.is_ready() {
+            self.done = true;
+        }
+        polled
     }
 }
 

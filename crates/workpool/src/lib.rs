@@ -133,6 +133,7 @@ mod job;
 mod outcome;
 mod pool;
 mod queue;
+mod reply;
 mod retry;
 mod shared;
 mod shutdown;

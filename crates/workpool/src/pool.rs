@@ -6,9 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cancel::JobCancel;
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::context::JobContext;
@@ -17,7 +15,8 @@ use crate::handle::JobHandle;
 use crate::handler::{BoxError, FnHandler, Handler};
 use crate::job::Job;
 use crate::outcome::Completion;
-use crate::queue::{Envelope, PushFail, Reply};
+use crate::queue::{Envelope, PushFail};
+use crate::reply::Reply;
 use crate::retry::RetryPolicy;
 use crate::shared::{Config, Hook, RUNNING, Shared, lock};
 use crate::shutdown::{self, ShutdownReport};
@@ -272,14 +271,13 @@ impl<P> fmt::Debug for Pool<P> {
 }
 
 fn with_handle<P>(job: Job<P>) -> (Envelope<P>, JobHandle<P>) {
-    let (tx, rx) = oneshot::channel();
-    let cancel = Arc::new(JobCancel::default());
+    let (reply, cell) = Reply::new();
     let handle = JobHandle {
         id: job.id.clone(),
-        rx,
-        cancel: cancel.clone(),
+        cell,
+        done: false,
     };
-    let env = Envelope::new(job, Some(Reply { tx, cancel }));
+    let env = Envelope::new(job, Some(reply));
     (env, handle)
 }
 

@@ -10,11 +10,7 @@ use event_listener::Event;
 use tokio::time::Instant;
 
 use crate::job::Job;
-use crate::outcome::Outcome;
-use std::sync::Arc;
-use tokio::sync::oneshot;
-
-use crate::cancel::JobCancel;
+use crate::reply::Reply;
 
 /// A job on its way through the pool, with what it needs beyond itself.
 ///
@@ -37,12 +33,6 @@ pub(crate) struct Retried {
     pub(crate) started: Option<Instant>,
 }
 
-/// The pool's end of a [`JobHandle`](crate::JobHandle).
-pub(crate) struct Reply<P> {
-    pub(crate) tx: oneshot::Sender<Outcome<P>>,
-    pub(crate) cancel: Arc<JobCancel>,
-}
-
 impl<P> Envelope<P> {
     /// A job not yet tried.
     pub(crate) fn new(job: Job<P>, reply: Option<Reply<P>>) -> Self {
@@ -61,7 +51,7 @@ impl<P> Envelope<P> {
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.reply.as_ref().is_some_and(|r| r.cancel.is_cancelled())
+        self.reply.as_ref().is_some_and(Reply::is_cancelled)
     }
 }
 

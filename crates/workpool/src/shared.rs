@@ -11,11 +11,12 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cancel::JobCancel;
+use crate::cancel::CancelRef;
 use crate::gate::Gate;
 use crate::job::JobId;
 use crate::outcome::{Completion, Outcome};
-use crate::queue::{Envelope, PushFail, Queue, Reply};
+use crate::queue::{Envelope, PushFail, Queue};
+use crate::reply::Reply;
 use crate::retry::RetryPolicy;
 use crate::shutdown::{NotFinished, ShutdownReport, UnstartedJob};
 use crate::stats::{FailureLog, Shard, Stats};
@@ -281,7 +282,7 @@ impl<P: Send + 'static> Shared<P> {
         match outcome {
             Outcome::Unstarted { job, attempts } => {
                 let back = match reply {
-                    Some(r) => r.tx.send(Outcome::Unstarted { job, attempts }).err(),
+                    Some(r) => r.send(Outcome::Unstarted { job, attempts }).err(),
                     None => Some(Outcome::Unstarted { job, attempts }),
                 };
                 if let Some(Outcome::Unstarted { job, attempts }) = back {
@@ -293,7 +294,7 @@ impl<P: Send + 'static> Shared<P> {
                 shard.add(kind);
                 if let Some(r) = reply {
                     // The caller may have dropped the handle: that is allowed.
-                    let _ = r.tx.send(other);
+                    let _ = r.send(other);
                 }
             }
         }
@@ -359,7 +360,7 @@ impl<P: Send + 'static> Shared<P> {
     /// Parks a failed job for `delay`, then puts it back in the queue. It holds
     /// no worker while it waits; shutdown can take it from the registry.
     pub(crate) fn schedule_retry(self: &Arc<Self>, env: Envelope<P>, delay: Duration) {
-        let job_cancel = env.reply.as_ref().map(|r| r.cancel.clone());
+        let job_cancel = env.reply.as_ref().and_then(Reply::cancel_ref);
         let key = {
             let mut reg = lock(&self.retries);
             let key = reg.next_key;
@@ -372,10 +373,10 @@ impl<P: Send + 'static> Shared<P> {
         tokio::spawn(async move { shared.retry_later(key, delay, job_cancel).await });
     }
 
-    async fn retry_later(&self, key: u64, delay: Duration, job_cancel: Option<Arc<JobCancel>>) {
+    async fn retry_later(&self, key: u64, delay: Duration, job_cancel: Option<CancelRef>) {
         let job_cancelled = async {
             match &job_cancel {
-                Some(t) => t.cancelled().await,
+                Some(t) => t.job_cancel().cancelled().await,
                 None => std::future::pending().await,
             }
         };

@@ -16,6 +16,7 @@ use crate::handler::{BoxError, Handler, is_permanent};
 use crate::job::Job;
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::queue::{Envelope, Retried, Take};
+use crate::reply::Reply;
 use crate::shared::{HANDING_BACK, InFlight, Shared, Slot, WorkerEntry, lock};
 use crate::stats::Shard;
 
@@ -249,8 +250,11 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
     async fn process(&mut self, env: Envelope<P>) {
         let (job, reply, attempts, started) = env.open();
         let attempt = attempts + 1;
-        let job_cancel = reply.as_ref().map(|r| r.cancel.clone());
-        if job_cancel.as_ref().is_some_and(|t| t.is_cancelled()) {
+        let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
+        if job_cancel
+            .as_ref()
+            .is_some_and(|t| t.job_cancel().is_cancelled())
+        {
             // Cancelled while it waited: it never runs.
             let id = job.id.clone();
             self.shared.finish(
@@ -306,7 +310,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             attempt,
             deadline,
             self.signals.clone(),
-            job_cancel.clone(),
+            job_cancel,
         );
         let span = tracing::info_span!(target: "workpool", "job", id = %job.id, attempt);
 
@@ -373,6 +377,18 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
         // None: shutdown abandoned this job and already recorded it.
         let Some(result) = result else { return };
 
+        // Take the slot back. Empty means shutdown abandoned the job while its
+        // result was on the way; that outcome stands.
+        let Some(InFlight {
+            id,
+            attempt,
+            reply,
+            started,
+        }) = self.slot.take()
+        else {
+            return;
+        };
+
         let deadline_passed = || deadline.is_some_and(|d| Instant::now() >= d);
         let verdict = match result {
             Ok(Attempt::Returned(Ok(()))) => Verdict::Succeeded,
@@ -382,7 +398,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                         "timed out after {:?}: {e}",
                         timeout.unwrap_or_default()
                     ))
-                } else if job_cancel.as_ref().is_some_and(|t| t.is_cancelled())
+                } else if reply.as_ref().is_some_and(Reply::is_cancelled)
                     || self.signals.cancel.is_cancelled()
                 {
                     Verdict::Cancelled
@@ -397,17 +413,6 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             )),
         };
 
-        // Take the slot back. Empty means shutdown abandoned the job while its
-        // result was on the way; that outcome stands.
-        let Some(InFlight {
-            id,
-            attempt,
-            reply,
-            started,
-        }) = self.slot.take()
-        else {
-            return;
-        };
         let shared = &self.shared;
         let (outcome, retryable) = match verdict {
             Verdict::Succeeded => (Outcome::Succeeded { attempts: attempt }, false),
@@ -447,9 +452,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             }
         };
         match (retryable, kept, policy) {
-            (true, Some(job), Some(policy))
-                if !job_cancel.as_ref().is_some_and(|t| t.is_cancelled()) =>
-            {
+            (true, Some(job), Some(policy)) if !reply.as_ref().is_some_and(Reply::is_cancelled) => {
                 let env = Envelope {
                     job,
                     reply,

@@ -1,0 +1,177 @@
+//! A job's reply cell: where its outcome goes and where a cancel comes from,
+//! in one allocation shared by the caller's [`JobHandle`](crate::JobHandle),
+//! the job's envelope and the running attempt's context.
+//!
+//! One allocation per job with a handle, not two (a oneshot channel and a
+//! cancel signal): with many handles held, the allocator was the largest
+//! cost of the handle path.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use crate::cancel::{CancelRef, HoldsCancel, JobCancel};
+use crate::outcome::Outcome;
+
+pub(crate) struct ReplyCell<P> {
+    cancel: JobCancel,
+    delivery: Mutex<Delivery<P>>,
+}
+
+enum Delivery<P> {
+    /// No outcome yet; the handle's waker once it has been polled.
+    Waiting(Option<Waker>),
+    Sent(Outcome<P>),
+    /// The pool let go of the job without an outcome (its runtime was
+    /// dropped): the handle resolves to `Abandoned` with 0 attempts.
+    Lost,
+    /// The handle took the outcome.
+    Taken,
+    /// The handle was dropped before an outcome came: nobody takes one.
+    HandleGone,
+}
+
+impl<P: Send + 'static> HoldsCancel for ReplyCell<P> {
+    fn job_cancel(&self) -> &JobCancel {
+        &self.cancel
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<P> ReplyCell<P> {
+    pub(crate) fn cancel(&self) -> &JobCancel {
+        &self.cancel
+    }
+
+    /// Puts `d` in for the handle and wakes it; gives `d` back if the handle
+    /// is gone (or something was delivered already, which one `Reply` cannot
+    /// do).
+    fn deliver(&self, d: Delivery<P>) -> Result<(), Delivery<P>> {
+        let waker = {
+            let mut state = lock(&self.delivery);
+            match &mut *state {
+                Delivery::Waiting(w) => {
+                    let w = w.take();
+                    *state = d;
+                    w
+                }
+                _ => return Err(d),
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// The handle's poll.
+    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+        let mut state = lock(&self.delivery);
+        match std::mem::replace(&mut *state, Delivery::Taken) {
+            Delivery::Sent(outcome) => Poll::Ready(outcome),
+            Delivery::Lost => Poll::Ready(Outcome::Abandoned { attempts: 0 }),
+            Delivery::Waiting(w) => {
+                let w = match w {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                *state = Delivery::Waiting(Some(w));
+                Poll::Pending
+            }
+            Delivery::Taken | Delivery::HandleGone => {
+                panic!("a JobHandle was polled after it returned its outcome")
+            }
+        }
+    }
+
+    /// The handle is dropped before its outcome came.
+    pub(crate) fn handle_dropped(&self) {
+        let mut state = lock(&self.delivery);
+        if let Delivery::Waiting(_) = *state {
+            *state = Delivery::HandleGone;
+        }
+    }
+}
+
+/// The pool's end of a job's reply cell. Dropped without sending, the handle
+/// resolves to `Abandoned` with 0 attempts.
+pub(crate) struct Reply<P>(Option<Arc<ReplyCell<P>>>);
+
+impl<P> Reply<P> {
+    /// A new cell: the pool's end, and the cell for the handle.
+    pub(crate) fn new() -> (Reply<P>, Arc<ReplyCell<P>>) {
+        let cell = Arc::new(ReplyCell {
+            cancel: JobCancel::default(),
+            delivery: Mutex::new(Delivery::Waiting(None)),
+        });
+        (Reply(Some(cell.clone())), cell)
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.0.as_ref().is_some_and(|c| c.cancel.is_cancelled())
+    }
+
+    /// Sends the outcome; gives it back if the handle is gone.
+    pub(crate) fn send(mut self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
+        let Some(cell) = self.0.take() else {
+            return Err(outcome);
+        };
+        cell.deliver(Delivery::Sent(outcome)).map_err(|d| match d {
+            Delivery::Sent(outcome) => outcome,
+            _ => unreachable!("deliver gives back what it was given"),
+        })
+    }
+}
+
+impl<P: Send + 'static> Reply<P> {
+    /// The job's cancel signal, for its context and its retry timer.
+    pub(crate) fn cancel_ref(&self) -> Option<CancelRef> {
+        self.0.as_ref().map(|c| c.clone() as CancelRef)
+    }
+}
+
+impl<P> Drop for Reply<P> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0.take() {
+            let _ = cell.deliver(Delivery::Lost);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test]
+    async fn the_handle_gets_the_outcome_sent_before_or_after_it_waits() {
+        let (reply, cell) = Reply::<u8>::new();
+        reply.send(Outcome::Succeeded { attempts: 1 }).ok().unwrap();
+        let o = poll_fn(|cx| cell.poll_outcome(cx)).await;
+        assert!(matches!(o, Outcome::Succeeded { attempts: 1 }));
+
+        let (reply, cell) = Reply::<u8>::new();
+        let waiter = tokio::spawn(async move { poll_fn(|cx| cell.poll_outcome(cx)).await });
+        tokio::task::yield_now().await;
+        reply.send(Outcome::Cancelled { attempts: 2 }).ok().unwrap();
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Outcome::Cancelled { attempts: 2 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reply_dropped_unsent_resolves_abandoned_and_a_gone_handle_gives_the_outcome_back() {
+        let (reply, cell) = Reply::<u8>::new();
+        drop(reply);
+        let o = poll_fn(|cx| cell.poll_outcome(cx)).await;
+        assert!(matches!(o, Outcome::Abandoned { attempts: 0 }));
+
+        let (reply, cell) = Reply::<u8>::new();
+        cell.handle_dropped();
+        let back = reply.send(Outcome::Succeeded { attempts: 1 });
+        assert!(matches!(back, Err(Outcome::Succeeded { attempts: 1 })));
+    }
+}
