@@ -281,6 +281,21 @@ fn with_handle<P>(job: Job<P>) -> (Envelope<P>, JobHandle<P>) {
     (env, handle)
 }
 
+/// An admitted submission waiting for room; dropped unsettled, it withdraws
+/// the admission.
+struct Waiting<'a, P: Send + 'static> {
+    shared: &'a Shared<P>,
+    settled: bool,
+}
+
+impl<P: Send + 'static> Drop for Waiting<'_, P> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.withdraw();
+        }
+    }
+}
+
 fn detached<P>(job: Job<P>) -> Envelope<P> {
     Envelope::new(job, None)
 }
@@ -308,7 +323,18 @@ impl<P: Send + 'static> Pool<P> {
         }
         // Fast path without a wait; the waiting push only when the queue is full.
         let r = match shared.queue.try_push(env) {
-            Err(PushFail::Full(env)) => shared.queue.push(env, deadline).await,
+            Err(PushFail::Full(env)) => {
+                // If the caller drops this future while it waits, the job
+                // goes with it: the admission must go too, or a drain would
+                // wait for a job that never comes.
+                let mut waiting = Waiting {
+                    shared,
+                    settled: false,
+                };
+                let r = shared.queue.push(env, deadline).await;
+                waiting.settled = true;
+                r
+            }
             r => r,
         };
         self.settle(&r);

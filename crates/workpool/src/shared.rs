@@ -175,6 +175,20 @@ impl<P: Send + 'static> Shared<P> {
 
     fn refused(&self) {
         self.submits.rejected.fetch_add(1, Ordering::Relaxed);
+        self.admission_undone();
+    }
+
+    /// Undoes `admit` for a submission whose caller dropped it while it
+    /// waited for room: not accepted, and not a refusal either (the job went
+    /// with the dropped future, not back to the caller).
+    pub(crate) fn withdraw(&self) {
+        self.submits.gate.unadmit();
+        self.admission_undone();
+    }
+
+    /// A shutdown waiting for the pool to go idle counts admissions: tell it
+    /// one was undone.
+    fn admission_undone(&self) {
         if self.state() != RUNNING {
             self.progress.notify_one();
         }

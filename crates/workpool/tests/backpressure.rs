@@ -185,3 +185,40 @@ fn refusal_errors_do_not_print_the_payload() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains('7'), "{shown}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_submit_dropped_while_waiting_for_room_leaves_nothing_behind() {
+    let (pool, gate) = gated(1);
+    fill(&pool).await;
+    // Both kinds of waiting submit, given up on from outside while the queue
+    // is full (a `timeout` or `select!` around them drops the future).
+    let waited = tokio::time::timeout(
+        Duration::from_millis(10),
+        pool.submit(Job::with_id(3, Bytes::new())),
+    )
+    .await;
+    assert!(
+        waited.is_err(),
+        "the queue was full: the submit had to wait"
+    );
+    let waited = tokio::time::timeout(
+        Duration::from_millis(10),
+        pool.submit_detached(Job::with_id(4, Bytes::new())),
+    )
+    .await;
+    assert!(waited.is_err());
+
+    // The dropped submits were never accepted: once the two real jobs end,
+    // the pool is idle and a drain returns at once, not at its timeout.
+    gate.add_permits(2);
+    let start = tokio::time::Instant::now();
+    let report = pool.shutdown(Duration::from_secs(3600)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "shutdown waited {:?} for submits that were dropped",
+        start.elapsed()
+    );
+    assert_eq!(report.stats().succeeded, 2);
+    assert_eq!(report.stats().accepted, 2);
+    assert!(report.not_finished().is_empty());
+}
