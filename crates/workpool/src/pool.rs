@@ -312,43 +312,56 @@ impl<P: Send + 'static> Pool<P> {
         &self.inner.shared
     }
 
-    async fn push(
+    /// Admits `env` and pushes it if there is room. A `Full` comes back still
+    /// admitted: `wait_push` or `try_push` settles it. Not an `async fn`, so
+    /// the usual case (room) costs no future of its own.
+    fn push_now(&self, env: Envelope<P>) -> Result<(), PushFail<Envelope<P>>> {
+        let shared = self.shared();
+        if !shared.admit() {
+            return Err(PushFail::Closed(env));
+        }
+        match shared.queue.try_push(env) {
+            Ok(()) => {
+                shared.accepted();
+                Ok(())
+            }
+            Err(PushFail::Full(env)) => Err(PushFail::Full(env)),
+            Err(refused) => {
+                shared.unadmit();
+                Err(refused)
+            }
+        }
+    }
+
+    /// Waits for room for an admitted `env` that found the queue full, until
+    /// `deadline` (forever if `None`).
+    async fn wait_push(
         &self,
         env: Envelope<P>,
         deadline: Option<Instant>,
     ) -> Result<(), PushFail<Envelope<P>>> {
         let shared = self.shared();
-        if !shared.admit() {
-            return Err(PushFail::Closed(env));
-        }
-        // Fast path without a wait; the waiting push only when the queue is full.
-        let r = match shared.queue.try_push(env) {
-            Err(PushFail::Full(env)) => {
-                // If the caller drops this future while it waits, the job
-                // goes with it: the admission must go too, or a drain would
-                // wait for a job that never comes.
-                let mut waiting = Waiting {
-                    shared,
-                    settled: false,
-                };
-                let r = shared.queue.push(env, deadline).await;
-                waiting.settled = true;
-                r
-            }
-            r => r,
+        // If the caller drops this future while it waits, the job goes with
+        // it: the admission must go too, or a drain would wait for a job that
+        // never comes.
+        let mut waiting = Waiting {
+            shared,
+            settled: false,
         };
+        let r = shared.queue.push(env, deadline).await;
+        waiting.settled = true;
         self.settle(&r);
         r
     }
 
     fn try_push(&self, env: Envelope<P>) -> Result<(), PushFail<Envelope<P>>> {
-        let shared = self.shared();
-        if !shared.admit() {
-            return Err(PushFail::Closed(env));
+        match self.push_now(env) {
+            Err(PushFail::Full(env)) => {
+                self.shared().unadmit();
+                Err(PushFail::Full(env))
+            }
+            r => r,
         }
-        let r = shared.queue.try_push(env);
-        self.settle(&r);
-        r
     }
 
     fn settle<T>(&self, r: &Result<(), PushFail<T>>) {
@@ -384,7 +397,11 @@ impl<P: Send + 'static> Pool<P> {
     /// ```
     pub async fn submit(&self, job: Job<P>) -> Result<JobHandle<P>, SubmitError<P>> {
         let (env, handle) = with_handle(job);
-        match self.push(env, None).await {
+        let pushed = match self.push_now(env) {
+            Err(PushFail::Full(env)) => self.wait_push(env, None).await,
+            r => r,
+        };
+        match pushed {
             Ok(()) => Ok(handle),
             Err(PushFail::Closed(e) | PushFail::Full(e) | PushFail::Timeout(e)) => {
                 Err(SubmitError::Closed(e.job))
@@ -439,7 +456,11 @@ impl<P: Send + 'static> Pool<P> {
         timeout: Duration,
     ) -> Result<JobHandle<P>, SubmitTimeoutError<P>> {
         let (env, handle) = with_handle(job);
-        match self.push(env, Some(Instant::now() + timeout)).await {
+        let pushed = match self.push_now(env) {
+            Err(PushFail::Full(env)) => self.wait_push(env, Some(Instant::now() + timeout)).await,
+            r => r,
+        };
+        match pushed {
             Ok(()) => Ok(handle),
             Err(PushFail::Full(e) | PushFail::Timeout(e)) => {
                 Err(SubmitTimeoutError::Timeout(e.job))
@@ -460,7 +481,11 @@ impl<P: Send + 'static> Pool<P> {
     ///
     /// As [`submit`](Self::submit).
     pub async fn submit_detached(&self, job: Job<P>) -> Result<(), SubmitError<P>> {
-        self.push(detached(job), None).await.map_err(|f| match f {
+        let pushed = match self.push_now(detached(job)) {
+            Err(PushFail::Full(env)) => self.wait_push(env, None).await,
+            r => r,
+        };
+        pushed.map_err(|f| match f {
             PushFail::Closed(e) | PushFail::Full(e) | PushFail::Timeout(e) => {
                 SubmitError::Closed(e.job)
             }
@@ -493,12 +518,14 @@ impl<P: Send + 'static> Pool<P> {
         job: Job<P>,
         timeout: Duration,
     ) -> Result<(), SubmitTimeoutError<P>> {
-        self.push(detached(job), Some(Instant::now() + timeout))
-            .await
-            .map_err(|f| match f {
-                PushFail::Full(e) | PushFail::Timeout(e) => SubmitTimeoutError::Timeout(e.job),
-                PushFail::Closed(e) => SubmitTimeoutError::Closed(e.job),
-            })
+        let pushed = match self.push_now(detached(job)) {
+            Err(PushFail::Full(env)) => self.wait_push(env, Some(Instant::now() + timeout)).await,
+            r => r,
+        };
+        pushed.map_err(|f| match f {
+            PushFail::Full(e) | PushFail::Timeout(e) => SubmitTimeoutError::Timeout(e.job),
+            PushFail::Closed(e) => SubmitTimeoutError::Closed(e.job),
+        })
     }
 
     /// A snapshot of the counters. See [`Stats`] for when it is exact.
