@@ -243,233 +243,251 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     }
                 },
             };
-            self.process(env).await;
-        }
-    }
-
-    async fn process(&mut self, env: Envelope<P>) {
-        let (job, reply, attempts, started) = env.open();
-        let attempt = attempts + 1;
-        let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
-        if job_cancel
-            .as_ref()
-            .is_some_and(|t| t.job_cancel().is_cancelled())
-        {
-            // Cancelled while it waited: it never runs.
-            let id = job.id.clone();
-            self.shared.finish(
-                &self.shard,
-                id,
-                Outcome::Cancelled { attempts },
-                reply,
-                started,
-            );
-            return;
-        }
-        let started = match started {
-            None if self.shared.config.timed => Some(Instant::now()),
-            s => s,
-        };
-
-        // Claim the slot. The state is read under the slot's lock, and shutdown
-        // moves the state forward before it empties the slots: so either
-        // shutdown finds this job here, or this worker sees it must not start.
-        let in_flight = InFlight {
-            id: job.id.clone(),
-            attempt,
-            reply,
-            started,
-        };
-        if let Err(refused) = self
-            .slot
-            .claim(|| self.shared.state() >= HANDING_BACK, in_flight)
-        {
-            let id = job.id.clone();
-            let outcome = Outcome::Unstarted { job, attempts };
-            self.shared
-                .finish(&self.shard, id, outcome, refused.reply, refused.started);
-            return;
-        }
-
-        let config = &self.shared.config;
-        let (policy, cloner) = match &job.retry {
-            Some(own) => (Some(own.policy), Some(own.cloner)),
-            None => (config.retry, config.cloner),
-        };
-        let timeout = job.timeout.or(config.default_timeout);
-        // Only a job with a timeout reads the clock and sets a timer.
-        let deadline = timeout.map(|t| Instant::now() + t);
-        // A copy is kept only when another attempt may follow; the job itself
-        // runs, so without a copy it is not moved again.
-        let kept = match (policy, cloner) {
-            (Some(p), Some(clone)) if p.max_attempts() > attempt => Some(job.try_clone_with(clone)),
-            _ => None,
-        };
-        let ctx = JobContext::new(
-            job.id.clone(),
-            attempt,
-            deadline,
-            self.signals.clone(),
-            job_cancel,
-        );
-        let span = tracing::info_span!(target: "workpool", "job", id = %job.id, attempt);
-
-        // The attempt races the abandon signal and, for a job with a timeout,
-        // the deadline + grace timer. Both are built only if the handler does
-        // not finish on its first poll: a quick job never touches them.
-        // A block of its own, so that the handler's future is dropped as soon
-        // as the race is decided, before the outcome is recorded.
-        let grace = config.grace;
-        let signals = &self.signals;
-        let result = {
-            // Entered around the call and each poll, as `Instrument` would,
-            // but only when a subscriber wants the span: a disabled one costs
-            // nothing per poll.
-            let traced = !span.is_disabled();
-            let entered = traced.then(|| span.enter());
-            // The call itself may panic before it returns a future.
-            let (exec, local) = (&self.exec, &mut self.local);
-            let started = catch_unwind(AssertUnwindSafe(|| exec.start(local, job, ctx)));
-            drop(entered);
-            let (fut, mut early) = match started {
-                Ok(fut) => (Some(fut), None),
-                Err(p) => (None, Some(panic_message(&*p))),
-            };
-            let mut run = pin!(fut);
-            let mut abandon = pin!(None);
-            let mut timer = pin!(None);
-            poll_fn(|cx| {
-                let Some(fut) = run.as_mut().as_pin_mut() else {
-                    let message = early.take().unwrap_or_default();
-                    return Poll::Ready(Some(Ok(Attempt::Panicked(message))));
-                };
-                let entered = traced.then(|| span.enter());
-                // A panic in any poll ends this job only.
-                let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
-                drop(entered);
-                match polled {
-                    Ok(Poll::Ready(out)) => return Poll::Ready(Some(Ok(X::attempt(out)))),
-                    Err(p) => return Poll::Ready(Some(Ok(Attempt::Panicked(panic_message(&*p))))),
-                    Ok(Poll::Pending) => {}
-                }
-                if abandon.is_none() {
-                    abandon.set(Some(signals.abandon.cancelled()));
-                }
-                if let Some(a) = abandon.as_mut().as_pin_mut()
-                    && a.poll(cx).is_ready()
+            // One attempt of this job, written inline rather than as an
+            // `async fn` of its own: that would move the envelope into one
+            // more future per job (measured: about 5 % of the instructions).
+            // `break 'job` ends the attempt.
+            'job: {
+                let (job, reply, attempts, started) = env.open();
+                let attempt = attempts + 1;
+                let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
+                if job_cancel
+                    .as_ref()
+                    .is_some_and(|t| t.job_cancel().is_cancelled())
                 {
-                    return Poll::Ready(None);
-                }
-                if let Some(d) = deadline {
-                    if timer.is_none() {
-                        timer.set(Some(tokio::time::sleep_until(d + grace)));
-                    }
-                    if let Some(t) = timer.as_mut().as_pin_mut()
-                        && t.poll(cx).is_ready()
-                    {
-                        return Poll::Ready(Some(Err(())));
-                    }
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        // None: shutdown abandoned this job and already recorded it.
-        let Some(result) = result else { return };
-
-        // Take the slot back. Empty means shutdown abandoned the job while its
-        // result was on the way; that outcome stands.
-        let Some(InFlight {
-            id,
-            attempt,
-            reply,
-            started,
-        }) = self.slot.take()
-        else {
-            return;
-        };
-
-        let deadline_passed = || deadline.is_some_and(|d| Instant::now() >= d);
-        let verdict = match result {
-            Ok(Attempt::Returned(Ok(()))) => Verdict::Succeeded,
-            Ok(Attempt::Returned(Err(e))) => {
-                if deadline_passed() {
-                    Verdict::TimedOut(format!(
-                        "timed out after {:?}: {e}",
-                        timeout.unwrap_or_default()
-                    ))
-                } else if reply.as_ref().is_some_and(Reply::is_cancelled)
-                    || self.signals.cancel.is_cancelled()
-                {
-                    Verdict::Cancelled
-                } else {
-                    Verdict::Failed(e)
-                }
-            }
-            Ok(Attempt::Panicked(m)) => Verdict::Panicked(m),
-            Err(()) => Verdict::TimedOut(format!(
-                "timed out after {:?} and did not stop within the grace period",
-                timeout.unwrap_or_default()
-            )),
-        };
-
-        let shared = &self.shared;
-        let (outcome, retryable) = match verdict {
-            Verdict::Succeeded => (Outcome::Succeeded { attempts: attempt }, false),
-            Verdict::Cancelled => (Outcome::Cancelled { attempts: attempt }, false),
-            Verdict::Failed(error) => {
-                shared
-                    .failures
-                    .record(&id, attempt, OutcomeKind::Failed, error.to_string());
-                let retryable = !is_permanent(&error);
-                (
-                    Outcome::Failed {
-                        error,
-                        attempts: attempt,
-                    },
-                    retryable,
-                )
-            }
-            Verdict::Panicked(message) => {
-                shared
-                    .failures
-                    .record(&id, attempt, OutcomeKind::Panicked, message.clone());
-                let retryable = policy.is_some_and(|p| p.retries_panics());
-                (
-                    Outcome::Panicked {
-                        message,
-                        attempts: attempt,
-                    },
-                    retryable,
-                )
-            }
-            Verdict::TimedOut(text) => {
-                shared
-                    .failures
-                    .record(&id, attempt, OutcomeKind::TimedOut, text);
-                let retryable = policy.is_some_and(|p| p.retries_timeouts());
-                (Outcome::TimedOut { attempts: attempt }, retryable)
-            }
-        };
-        match (retryable, kept, policy) {
-            (true, Some(job), Some(policy)) if !reply.as_ref().is_some_and(Reply::is_cancelled) => {
-                let env = Envelope {
-                    job,
-                    reply,
-                    retried: Some(Box::new(Retried {
-                        attempts: attempt,
+                    // Cancelled while it waited: it never runs.
+                    let id = job.id.clone();
+                    self.shared.finish(
+                        &self.shard,
+                        id,
+                        Outcome::Cancelled { attempts },
+                        reply,
                         started,
-                    })),
+                    );
+                    break 'job;
+                }
+                let started = match started {
+                    None if self.shared.config.timed => Some(Instant::now()),
+                    s => s,
                 };
-                if shared.state() >= HANDING_BACK {
-                    // Shutting down: the retry comes back to the caller instead.
-                    shared.hand_back(env);
-                } else {
-                    self.shard.add_retry();
-                    shared.schedule_retry(env, policy.delay(attempt));
+
+                // Claim the slot. The state is read under the slot's lock, and shutdown
+                // moves the state forward before it empties the slots: so either
+                // shutdown finds this job here, or this worker sees it must not start.
+                let in_flight = InFlight {
+                    id: job.id.clone(),
+                    attempt,
+                    reply,
+                    started,
+                };
+                if let Err(refused) = self
+                    .slot
+                    .claim(|| self.shared.state() >= HANDING_BACK, in_flight)
+                {
+                    let id = job.id.clone();
+                    let outcome = Outcome::Unstarted { job, attempts };
+                    self.shared
+                        .finish(&self.shard, id, outcome, refused.reply, refused.started);
+                    break 'job;
+                }
+
+                let config = &self.shared.config;
+                let (policy, cloner) = match &job.retry {
+                    Some(own) => (Some(own.policy), Some(own.cloner)),
+                    None => (config.retry, config.cloner),
+                };
+                let timeout = job.timeout.or(config.default_timeout);
+                // Only a job with a timeout reads the clock and sets a timer.
+                let deadline = timeout.map(|t| Instant::now() + t);
+                // A copy is kept only when another attempt may follow; the job itself
+                // runs, so without a copy it is not moved again.
+                let kept = match (policy, cloner) {
+                    (Some(p), Some(clone)) if p.max_attempts() > attempt => {
+                        Some(job.try_clone_with(clone))
+                    }
+                    _ => None,
+                };
+                let ctx = JobContext::new(
+                    job.id.clone(),
+                    attempt,
+                    deadline,
+                    self.signals.clone(),
+                    job_cancel,
+                );
+                let span = tracing::info_span!(target: "workpool", "job", id = %job.id, attempt);
+
+                // The attempt races the abandon signal and, for a job with a timeout,
+                // the deadline + grace timer. Both are built only if the handler does
+                // not finish on its first poll: a quick job never touches them.
+                // A block of its own, so that the handler's future is dropped as soon
+                // as the race is decided, before the outcome is recorded.
+                let grace = config.grace;
+                let signals = &self.signals;
+                let result = {
+                    // Entered around the call and each poll, as `Instrument` would,
+                    // but only when a subscriber wants the span: a disabled one costs
+                    // nothing per poll.
+                    let traced = !span.is_disabled();
+                    let entered = traced.then(|| span.enter());
+                    // The call itself may panic before it returns a future.
+                    let (exec, local) = (&self.exec, &mut self.local);
+                    let mut early = None;
+                    let mut run = pin!(
+                        catch_unwind(AssertUnwindSafe(|| exec.start(local, job, ctx)))
+                            .map_err(|p| early = Some(panic_message(&*p)))
+                            .ok()
+                    );
+                    drop(entered);
+                    let mut abandon = pin!(None);
+                    let mut timer = pin!(None);
+                    poll_fn(|cx| {
+                        let Some(fut) = run.as_mut().as_pin_mut() else {
+                            let message = early.take().unwrap_or_default();
+                            return Poll::Ready(Some(Ok(Attempt::Panicked(message))));
+                        };
+                        let entered = traced.then(|| span.enter());
+                        // A panic in any poll ends this job only.
+                        let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
+                        drop(entered);
+                        match polled {
+                            Ok(Poll::Ready(out)) => return Poll::Ready(Some(Ok(X::attempt(out)))),
+                            Err(p) => {
+                                return Poll::Ready(Some(Ok(Attempt::Panicked(panic_message(
+                                    &*p,
+                                )))));
+                            }
+                            Ok(Poll::Pending) => {}
+                        }
+                        if abandon.is_none() {
+                            abandon.set(Some(signals.abandon.cancelled()));
+                        }
+                        if let Some(a) = abandon.as_mut().as_pin_mut()
+                            && a.poll(cx).is_ready()
+                        {
+                            return Poll::Ready(None);
+                        }
+                        if let Some(d) = deadline {
+                            if timer.is_none() {
+                                timer.set(Some(tokio::time::sleep_until(d + grace)));
+                            }
+                            if let Some(t) = timer.as_mut().as_pin_mut()
+                                && t.poll(cx).is_ready()
+                            {
+                                return Poll::Ready(Some(Err(())));
+                            }
+                        }
+                        Poll::Pending
+                    })
+                    .await
+                };
+                // None: shutdown abandoned this job and already recorded it.
+                let Some(result) = result else {
+                    break 'job;
+                };
+
+                // Take the slot back. Empty means shutdown abandoned the job while its
+                // result was on the way; that outcome stands.
+                let Some(InFlight {
+                    id,
+                    attempt,
+                    reply,
+                    started,
+                }) = self.slot.take()
+                else {
+                    break 'job;
+                };
+
+                let deadline_passed = || deadline.is_some_and(|d| Instant::now() >= d);
+                let verdict = match result {
+                    Ok(Attempt::Returned(Ok(()))) => Verdict::Succeeded,
+                    Ok(Attempt::Returned(Err(e))) => {
+                        if deadline_passed() {
+                            Verdict::TimedOut(format!(
+                                "timed out after {:?}: {e}",
+                                timeout.unwrap_or_default()
+                            ))
+                        } else if reply.as_ref().is_some_and(Reply::is_cancelled)
+                            || self.signals.cancel.is_cancelled()
+                        {
+                            Verdict::Cancelled
+                        } else {
+                            Verdict::Failed(e)
+                        }
+                    }
+                    Ok(Attempt::Panicked(m)) => Verdict::Panicked(m),
+                    Err(()) => Verdict::TimedOut(format!(
+                        "timed out after {:?} and did not stop within the grace period",
+                        timeout.unwrap_or_default()
+                    )),
+                };
+
+                let shared = &self.shared;
+                let (outcome, retryable) = match verdict {
+                    Verdict::Succeeded => (Outcome::Succeeded { attempts: attempt }, false),
+                    Verdict::Cancelled => (Outcome::Cancelled { attempts: attempt }, false),
+                    Verdict::Failed(error) => {
+                        shared.failures.record(
+                            &id,
+                            attempt,
+                            OutcomeKind::Failed,
+                            error.to_string(),
+                        );
+                        let retryable = !is_permanent(&error);
+                        (
+                            Outcome::Failed {
+                                error,
+                                attempts: attempt,
+                            },
+                            retryable,
+                        )
+                    }
+                    Verdict::Panicked(message) => {
+                        shared.failures.record(
+                            &id,
+                            attempt,
+                            OutcomeKind::Panicked,
+                            message.clone(),
+                        );
+                        let retryable = policy.is_some_and(|p| p.retries_panics());
+                        (
+                            Outcome::Panicked {
+                                message,
+                                attempts: attempt,
+                            },
+                            retryable,
+                        )
+                    }
+                    Verdict::TimedOut(text) => {
+                        shared
+                            .failures
+                            .record(&id, attempt, OutcomeKind::TimedOut, text);
+                        let retryable = policy.is_some_and(|p| p.retries_timeouts());
+                        (Outcome::TimedOut { attempts: attempt }, retryable)
+                    }
+                };
+                match (retryable, kept, policy) {
+                    (true, Some(job), Some(policy))
+                        if !reply.as_ref().is_some_and(Reply::is_cancelled) =>
+                    {
+                        let env = Envelope {
+                            job,
+                            reply,
+                            retried: Some(Box::new(Retried {
+                                attempts: attempt,
+                                started,
+                            })),
+                        };
+                        if shared.state() >= HANDING_BACK {
+                            // Shutting down: the retry comes back to the caller instead.
+                            shared.hand_back(env);
+                        } else {
+                            self.shard.add_retry();
+                            shared.schedule_retry(env, policy.delay(attempt));
+                        }
+                    }
+                    _ => shared.finish(&self.shard, id, outcome, reply, started),
                 }
             }
-            _ => shared.finish(&self.shard, id, outcome, reply, started),
         }
     }
 }
