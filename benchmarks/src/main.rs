@@ -168,28 +168,33 @@ fn main() {
             if config.workers.is_some_and(|only| only != w) {
                 continue;
             }
-            for (i, name) in STRATEGIES.iter().enumerate() {
-                if !alternatives::applies(i, workload)
-                    || config
-                        .only
-                        .as_ref()
-                        .is_some_and(|o| !name.contains(o.as_str()))
-                {
-                    continue;
+            let chosen: Vec<usize> = (0..STRATEGIES.len())
+                .filter(|&i| {
+                    alternatives::applies(i, workload)
+                        && config
+                            .only
+                            .as_ref()
+                            .is_none_or(|o| STRATEGIES[i].contains(o.as_str()))
+                })
+                .collect();
+            // Repetitions go round the strategies (one of each, then again)
+            // rather than five of one strategy in a row: a slow spell of
+            // this shared machine then falls on all of them alike.
+            let mut runs = vec![Vec::with_capacity(config.reps); chosen.len()];
+            for _ in 0..config.reps {
+                for (k, &i) in chosen.iter().enumerate() {
+                    let took = alternatives::run(i, workload, n, w, calibration, config.submitter);
+                    runs[k].push(took.as_nanos() as f64 / n as f64);
                 }
-                let runs: Vec<f64> = (0..config.reps)
-                    .map(|_| {
-                        let took =
-                            alternatives::run(i, workload, n, w, calibration, config.submitter);
-                        took.as_nanos() as f64 / n as f64
-                    })
-                    .collect();
-                let ns = median(runs);
+            }
+            for (k, &i) in chosen.iter().enumerate() {
+                let name = STRATEGIES[i];
+                let ns = median(std::mem::take(&mut runs[k]));
                 eprintln!("{workload:?} W={w:<4} {name:<46} {ns:>9.1} ns/job");
                 cells.push(Cell {
                     workload,
                     workers: w,
-                    strategy: (*name).to_string(),
+                    strategy: name.to_string(),
                     ns_per_job: ns,
                 });
             }

@@ -104,7 +104,7 @@ pub(crate) fn markdown(
     );
     let _ = writeln!(
         s,
-        "Every figure is the median of {} repetitions, measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; {submitter} Thread-based strategies submit from the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start.\n",
+        "Every figure is the median of {} repetitions, taken in turns across the strategies of a column (so that a slow spell of the machine falls on all of them alike), measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; {submitter} Thread-based strategies submit from the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start. On this shared 2-core machine the same binary's wall times swing by up to 50 % from one run to the next; the instruction counts in the notes at the end are the steadier measure of a change.\n",
         config.reps,
         submitter = match config.submitter {
             Submitter::Task =>
