@@ -6,11 +6,12 @@
 //! cancel signal): with many handles held, the allocator was the largest
 //! cost of the handle path.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::cancel::{CancelRef, HoldsCancel, JobCancel};
 use crate::outcome::Outcome;
+use crate::shared::lock;
 
 pub(crate) struct ReplyCell<P> {
     cancel: JobCancel,
@@ -34,10 +35,6 @@ impl<P: Send + 'static> HoldsCancel for ReplyCell<P> {
     fn job_cancel(&self) -> &JobCancel {
         &self.cancel
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<P> ReplyCell<P> {
