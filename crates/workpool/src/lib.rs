@@ -142,6 +142,7 @@ pub mod signal;
 mod slot;
 mod stats;
 mod sync;
+mod waiters;
 mod worker;
 
 pub use bytes::Bytes;

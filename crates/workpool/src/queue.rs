@@ -6,11 +6,11 @@
 //! with the same methods; workers and shutdown only use these.
 
 use concurrent_queue::{ConcurrentQueue, PopError, PushError};
-use event_listener::Event;
 use tokio::time::Instant;
 
 use crate::job::Job;
 use crate::reply::Reply;
+use crate::waiters::Waiters;
 
 /// A job on its way through the pool, with what it needs beyond itself.
 ///
@@ -121,9 +121,7 @@ impl<T> Queue<T> {
     /// Wakes every waiting taker so it re-checks its `interrupted` condition.
     pub(crate) fn wake_takers(&self) {
         match self {
-            Queue::Memory(q) => {
-                q.pushed.notify(usize::MAX);
-            }
+            Queue::Memory(q) => q.pushed.wake_all(),
         }
     }
 
@@ -138,31 +136,32 @@ impl<T> Queue<T> {
     }
 }
 
-/// A bounded lock-free ring (`concurrent-queue`) and two events
-/// (`event-listener`), as in async-channel, but with a push that gives the item
-/// back on timeout: async-channel's send future swallows it when dropped.
+/// A bounded lock-free ring (`concurrent-queue`) and two sets of waiters, as
+/// in async-channel, but with a push that gives the item back on timeout
+/// (async-channel's send future swallows it when dropped), and with a wake-up
+/// that costs a fence and a load when nobody waits (see `waiters.rs`).
 pub(crate) struct MemoryQueue<T> {
     items: ConcurrentQueue<T>,
-    /// Notified once per push: one waiting taker wakes.
-    pushed: Event,
-    /// Notified once per take: one waiting pusher wakes. A woken listener that
-    /// is dropped passes its notification on, so none is lost.
-    popped: Event,
+    /// Woken once per push: one waiting taker.
+    pushed: Waiters,
+    /// Woken once per take: one waiting pusher. A woken listener that is
+    /// dropped unseen passes its wake-up on, so none is lost.
+    popped: Waiters,
 }
 
 impl<T> MemoryQueue<T> {
     fn new(capacity: usize) -> Self {
         MemoryQueue {
             items: ConcurrentQueue::bounded(capacity),
-            pushed: Event::new(),
-            popped: Event::new(),
+            pushed: Waiters::default(),
+            popped: Waiters::default(),
         }
     }
 
     fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
         match self.items.push(item) {
             Ok(()) => {
-                self.pushed.notify_additional(1);
+                self.pushed.wake_one();
                 Ok(())
             }
             Err(PushError::Full(item)) => Err(PushFail::Full(item)),
@@ -197,7 +196,7 @@ impl<T> MemoryQueue<T> {
     fn try_take(&self) -> Option<T> {
         match self.items.pop() {
             Ok(item) => {
-                self.popped.notify_additional(1);
+                self.popped.wake_one();
                 Some(item)
             }
             Err(_) => None,
@@ -208,7 +207,7 @@ impl<T> MemoryQueue<T> {
         loop {
             match self.items.pop() {
                 Ok(item) => {
-                    self.popped.notify_additional(1);
+                    self.popped.wake_one();
                     return Take::Item(item);
                 }
                 Err(PopError::Closed) => return Take::Closed,
@@ -220,7 +219,7 @@ impl<T> MemoryQueue<T> {
             let listener = self.pushed.listen();
             match self.items.pop() {
                 Ok(item) => {
-                    self.popped.notify_additional(1);
+                    self.popped.wake_one();
                     return Take::Item(item);
                 }
                 Err(PopError::Closed) => return Take::Closed,
@@ -235,8 +234,8 @@ impl<T> MemoryQueue<T> {
 
     fn close(&self) {
         self.items.close();
-        self.pushed.notify(usize::MAX);
-        self.popped.notify(usize::MAX);
+        self.pushed.wake_all();
+        self.popped.wake_all();
     }
 }
 
