@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cancel::CancelRef;
 use crate::gate::Gate;
 use crate::job::JobId;
-use crate::outcome::{Completion, Outcome};
+use crate::outcome::{Completion, Outcome, OutcomeKind};
 use crate::queue::{Envelope, PushFail, Queue};
 use crate::reply::Reply;
 use crate::retry::RetryPolicy;
@@ -260,7 +260,7 @@ impl<P: Send + 'static> Shared<P> {
         &self,
         shard: &Shard,
         id: JobId,
-        outcome: Outcome<P>,
+        mut outcome: Outcome<P>,
         reply: Option<Reply<P>>,
         started: Option<Instant>,
     ) {
@@ -279,37 +279,34 @@ impl<P: Send + 'static> Shared<P> {
             metrics::counter!("workpool_jobs_total", "outcome" => kind.as_str()).increment(1);
             metrics::histogram!("workpool_job_duration_seconds").record(duration.as_secs_f64());
         }
-        let outcome = match &self.config.hook {
-            Some(hook) => {
-                let completion = Completion {
-                    id,
-                    outcome,
-                    duration,
-                };
-                if catch_unwind(AssertUnwindSafe(|| hook(&completion))).is_err() {
-                    tracing::error!(target: "workpool", id = %completion.id, "outcome hook panicked");
-                }
-                completion.outcome
+        // The outcome is moved only where it goes somewhere (the hook, the
+        // handle, the report): it is as large as a job, and a detached job
+        // that succeeded only needs counting.
+        if let Some(hook) = &self.config.hook {
+            let completion = Completion {
+                id,
+                outcome,
+                duration,
+            };
+            if catch_unwind(AssertUnwindSafe(|| hook(&completion))).is_err() {
+                tracing::error!(target: "workpool", id = %completion.id, "outcome hook panicked");
             }
-            None => outcome,
-        };
-        match outcome {
-            Outcome::Unstarted { job, attempts } => {
-                let back = match reply {
-                    Some(r) => r.send(Outcome::Unstarted { job, attempts }).err(),
-                    None => Some(Outcome::Unstarted { job, attempts }),
-                };
-                if let Some(Outcome::Unstarted { job, attempts }) = back {
-                    lock(&self.unstarted).push(UnstartedJob { job, attempts });
-                }
-                shard.add(kind);
+            outcome = completion.outcome;
+        }
+        if kind == OutcomeKind::Unstarted {
+            let back = match reply {
+                Some(r) => r.send(outcome).err(),
+                None => Some(outcome),
+            };
+            if let Some(Outcome::Unstarted { job, attempts }) = back {
+                lock(&self.unstarted).push(UnstartedJob { job, attempts });
             }
-            other => {
-                shard.add(kind);
-                if let Some(r) = reply {
-                    // The caller may have dropped the handle: that is allowed.
-                    let _ = r.send(other);
-                }
+            shard.add(kind);
+        } else {
+            shard.add(kind);
+            if let Some(r) = reply {
+                // The caller may have dropped the handle: that is allowed.
+                let _ = r.send(outcome);
             }
         }
         if shutting_down {

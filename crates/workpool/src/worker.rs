@@ -248,7 +248,12 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             // more future per job (measured: about 5 % of the instructions).
             // `break 'job` ends the attempt.
             'job: {
-                let (job, reply, attempts, started) = env.open();
+                let Envelope {
+                    job,
+                    reply,
+                    retried,
+                } = env;
+                let (attempts, started) = retried.map_or((0, None), |r| (r.attempts, r.started));
                 let attempt = attempts + 1;
                 let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
                 if job_cancel
@@ -303,7 +308,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 // runs, so without a copy it is not moved again.
                 let kept = match (policy, cloner) {
                     (Some(p), Some(clone)) if p.max_attempts() > attempt => {
-                        Some(job.try_clone_with(clone))
+                        Some((job.try_clone_with(clone), p))
                     }
                     _ => None,
                 };
@@ -329,14 +334,16 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     // nothing per poll.
                     let traced = !span.is_disabled();
                     let entered = traced.then(|| span.enter());
-                    // The call itself may panic before it returns a future.
+                    // The call itself may panic before it returns a future. The
+                    // future is written straight into its pinned place (it holds the
+                    // job: every move of it is a copy).
                     let (exec, local) = (&self.exec, &mut self.local);
-                    let mut early = None;
-                    let mut run = pin!(
-                        catch_unwind(AssertUnwindSafe(|| exec.start(local, job, ctx)))
-                            .map_err(|p| early = Some(panic_message(&*p)))
-                            .ok()
-                    );
+                    let mut run = pin!(None);
+                    let mut early = catch_unwind(AssertUnwindSafe(|| {
+                        run.set(Some(exec.start(local, job, ctx)));
+                    }))
+                    .err()
+                    .map(|p| panic_message(&*p));
                     drop(entered);
                     let mut abandon = pin!(None);
                     let mut timer = pin!(None);
@@ -465,9 +472,11 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                         (Outcome::TimedOut { attempts: attempt }, retryable)
                     }
                 };
-                match (retryable, kept, policy) {
-                    (true, Some(job), Some(policy))
-                        if !reply.as_ref().is_some_and(Reply::is_cancelled) =>
+                // Matched by value only when there is a copy: the usual case
+                // moves nothing here.
+                match kept {
+                    Some((job, policy))
+                        if retryable && !reply.as_ref().is_some_and(Reply::is_cancelled) =>
                     {
                         let env = Envelope {
                             job,
