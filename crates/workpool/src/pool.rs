@@ -18,7 +18,7 @@ use crate::outcome::Completion;
 use crate::queue::{Envelope, PushFail};
 use crate::reply::Reply;
 use crate::retry::RetryPolicy;
-use crate::shared::{Config, Hook, RUNNING, Shared, lock};
+use crate::shared::{Config, Hook, RUNNING, Shared, after, lock};
 use crate::shutdown::{self, ShutdownReport};
 use crate::stats::{Failure, Stats};
 use crate::worker::{self, AsyncExec, BlockingExec, Exec};
@@ -457,7 +457,10 @@ impl<P: Send + 'static> Pool<P> {
     ) -> Result<JobHandle<P>, SubmitTimeoutError<P>> {
         let (env, handle) = with_handle(job);
         let pushed = match self.push_now(env) {
-            Err(PushFail::Full(env)) => self.wait_push(env, Some(Instant::now() + timeout)).await,
+            Err(PushFail::Full(env)) => {
+                self.wait_push(env, Some(after(Instant::now(), timeout)))
+                    .await
+            }
             r => r,
         };
         match pushed {
@@ -519,7 +522,10 @@ impl<P: Send + 'static> Pool<P> {
         timeout: Duration,
     ) -> Result<(), SubmitTimeoutError<P>> {
         let pushed = match self.push_now(detached(job)) {
-            Err(PushFail::Full(env)) => self.wait_push(env, Some(Instant::now() + timeout)).await,
+            Err(PushFail::Full(env)) => {
+                self.wait_push(env, Some(after(Instant::now(), timeout)))
+                    .await
+            }
             r => r,
         };
         pushed.map_err(|f| match f {

@@ -106,6 +106,17 @@ impl<P> Reply<P> {
         (Reply(Some(cell.clone())), cell)
     }
 
+    /// No handle: what an envelope carries for a detached job (an `Option`
+    /// around a `Reply` would take 8 more bytes).
+    pub(crate) fn none() -> Self {
+        Reply(None)
+    }
+
+    /// `None` for [`Reply::none`].
+    pub(crate) fn into_option(self) -> Option<Self> {
+        self.0.is_some().then_some(self)
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         self.0.as_ref().is_some_and(|c| c.cancel.is_cancelled())
     }

@@ -29,6 +29,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `from + d`, or 30 years on if that is past what the clock can hold: a
+/// timeout of `Duration::MAX` means "never" (tokio's `sleep` does the same).
+pub(crate) fn after(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// The outcome hook.
 pub(crate) type Hook<P> = Arc<dyn Fn(&Completion<P>) + Send + Sync>;
 
@@ -371,7 +378,7 @@ impl<P: Send + 'static> Shared<P> {
     /// Parks a failed job for `delay`, then puts it back in the queue. It holds
     /// no worker while it waits; shutdown can take it from the registry.
     pub(crate) fn schedule_retry(self: &Arc<Self>, env: Envelope<P>, delay: Duration) {
-        let job_cancel = env.reply.as_ref().and_then(Reply::cancel_ref);
+        let job_cancel = env.reply.cancel_ref();
         let key = {
             let mut reg = lock(&self.retries);
             let key = reg.next_key;

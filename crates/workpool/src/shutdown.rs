@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{Job, JobId};
 use crate::outcome::OutcomeKind;
-use crate::shared::{CANCELLING, DRAINING, HANDING_BACK, STOPPED, Shared, lock};
+use crate::shared::{CANCELLING, DRAINING, HANDING_BACK, STOPPED, Shared, after, lock};
 use crate::stats::Stats;
 
 /// How long shutdown waits, after Stopped, for outcomes already on their way
@@ -189,7 +189,7 @@ async fn coordinate<P: Send + 'static>(
 
     // 2. Wait for the queue, retries and running jobs to finish, until the
     //    timeout, or until `cancel_running` cuts the wait short.
-    let drained = wait_idle(shared, began + timeout, Some(&shared.cancel_now)).await;
+    let drained = wait_idle(shared, after(began, timeout), Some(&shared.cancel_now)).await;
 
     // 3. Cancelling: close the queue (waiting submits fail and get their job
     //    back), fire every running job's signal, hand back what is queued and
@@ -202,7 +202,7 @@ async fn coordinate<P: Send + 'static>(
 
     // 4. Grace: running jobs may stop on their own.
     if !drained {
-        wait_idle(shared, Instant::now() + shared.config.grace, None).await;
+        wait_idle(shared, after(Instant::now(), shared.config.grace), None).await;
     }
 
     // 5. Stopped: whatever still runs is abandoned and reported by ID. Async

@@ -15,7 +15,7 @@ use crate::context::{JobContext, WorkerSignals};
 use crate::handler::{BoxError, Handler, is_permanent};
 use crate::job::Job;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::queue::{Envelope, Retried, Take};
+use crate::queue::{Envelope, Take};
 use crate::reply::Reply;
 use crate::shared::{HANDING_BACK, InFlight, Shared, Slot, WorkerEntry, lock};
 use crate::stats::Shard;
@@ -253,6 +253,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     reply,
                     retried,
                 } = env;
+                let reply = reply.into_option();
                 let (attempts, started) = retried.map_or((0, None), |r| (r.attempts, r.started));
                 let attempt = attempts + 1;
                 let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
@@ -302,8 +303,9 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     None => (config.retry, config.cloner),
                 };
                 let timeout = job.timeout.or(config.default_timeout);
-                // Only a job with a timeout reads the clock and sets a timer.
-                let deadline = timeout.map(|t| Instant::now() + t);
+                // Only a job with a timeout reads the clock and sets a timer. A
+                // timeout past what the clock can hold is none.
+                let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
                 // A copy is kept only when another attempt may follow; the job itself
                 // runs, so without a copy it is not moved again.
                 let kept = match (policy, cloner) {
@@ -373,9 +375,9 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                         {
                             return Poll::Ready(None);
                         }
-                        if let Some(d) = deadline {
+                        if let Some(d) = deadline.and_then(|d| d.checked_add(grace)) {
                             if timer.is_none() {
-                                timer.set(Some(tokio::time::sleep_until(d + grace)));
+                                timer.set(Some(tokio::time::sleep_until(d)));
                             }
                             if let Some(t) = timer.as_mut().as_pin_mut()
                                 && t.poll(cx).is_ready()
@@ -478,14 +480,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     Some((job, policy))
                         if retryable && !reply.as_ref().is_some_and(Reply::is_cancelled) =>
                     {
-                        let env = Envelope {
-                            job,
-                            reply,
-                            retried: Some(Box::new(Retried {
-                                attempts: attempt,
-                                started,
-                            })),
-                        };
+                        let env = Envelope::retry(job, reply, attempt, started);
                         if shared.state() >= HANDING_BACK {
                             // Shutting down: the retry comes back to the caller instead.
                             shared.hand_back(env);

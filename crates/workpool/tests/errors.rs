@@ -290,3 +290,40 @@ async fn stats_show_queued_running_and_retry_waiting_while_busy() {
     let report = pool.shutdown(Duration::from_secs(600)).await;
     assert_eq!(report.stats().succeeded, 3);
 }
+
+/// A timeout too long for the clock (`Duration::MAX`, as "never") is no
+/// timeout: the job runs with no deadline, and the worker goes on; a submit or
+/// shutdown given one waits as long as it takes. (The job's deadline used to
+/// panic in the worker loop, losing the worker; shutdown's, the coordinator.)
+#[tokio::test(start_paused = true)]
+async fn a_timeout_beyond_the_clock_means_no_deadline() {
+    for (own, default) in [(Some(Duration::MAX), None), (None, Some(Duration::MAX))] {
+        let deadlines = Arc::new(Mutex::new(Vec::new()));
+        let seen = deadlines.clone();
+        let mut builder = Pool::builder().workers(1);
+        if let Some(d) = default {
+            builder = builder.default_timeout(d);
+        }
+        let pool = builder
+            .build(move |_job: Job<u8>, ctx: JobContext| {
+                seen.lock().unwrap().push(ctx.deadline());
+                async { Ok::<_, std::io::Error>(()) }
+            })
+            .unwrap();
+        let mut handles = Vec::new();
+        for i in 0..2 {
+            let job = Job::with_id(i, 0);
+            let job = match own {
+                Some(t) => job.with_timeout(t),
+                None => job,
+            };
+            handles.push(pool.submit_timeout(job, Duration::MAX).await.unwrap());
+        }
+        for h in handles {
+            assert_eq!(h.await.kind(), OutcomeKind::Succeeded);
+        }
+        assert_eq!(*deadlines.lock().unwrap(), vec![None, None]);
+        let report = pool.shutdown(Duration::MAX).await;
+        assert_eq!(report.stats().succeeded, 2);
+    }
+}
