@@ -224,6 +224,10 @@ enum Verdict {
 impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
     async fn run(mut self) {
         loop {
+            // One unit of tokio's task budget per job: a worker whose queue
+            // never runs dry still yields its thread now and then (to the
+            // submitter, to other tasks), as a tokio channel's receiver would.
+            tokio::task::coop::consume_budget().await;
             if self.shared.try_retire() {
                 return;
             }

@@ -1,0 +1,65 @@
+//! The pool shares its runtime: a worker whose queue never runs dry, and a
+//! task submitting in a tight loop, each yield their thread now and then (one
+//! unit of tokio's cooperative budget per job, as tokio's channels spend),
+//! instead of holding it until the queue is empty or full.
+//!
+//! Both tests run on a current-thread runtime, where a task that never yields
+//! keeps every other task waiting; so they fail if the budget is not spent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use workpool::{Job, Pool};
+
+const JOBS: u64 = 1_000;
+
+fn counting_pool(done: &Arc<AtomicU64>) -> Pool<u64> {
+    let done = done.clone();
+    Pool::builder()
+        .workers(1)
+        .queue_capacity(JOBS as usize)
+        .build(move |_job: Job<u64>, _ctx| {
+            done.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_busy_worker_lets_other_tasks_run() {
+    let done = Arc::new(AtomicU64::new(0));
+    let pool = counting_pool(&done);
+    for i in 0..JOBS {
+        pool.try_submit_detached(Job::with_id(i, i)).unwrap();
+    }
+    // The worker was spawned first, so it runs first; the observer gets the
+    // thread only when the worker yields it.
+    let d = done.clone();
+    let seen = tokio::spawn(async move { d.load(Ordering::Relaxed) })
+        .await
+        .unwrap();
+    assert!(
+        seen < JOBS,
+        "the worker ran all {JOBS} queued jobs before letting another task run"
+    );
+    let report = pool.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.stats().succeeded, JOBS);
+}
+
+#[tokio::test]
+async fn a_submitter_in_a_tight_loop_lets_the_workers_run() {
+    let done = Arc::new(AtomicU64::new(0));
+    let pool = counting_pool(&done);
+    // The queue has room for every job, so no submit waits; without a budget
+    // this loop would never give the worker the thread.
+    for i in 0..JOBS {
+        pool.submit_detached(Job::with_id(i, i)).await.unwrap();
+    }
+    assert!(
+        done.load(Ordering::Relaxed) > 0,
+        "no job ran while {JOBS} were submitted"
+    );
+    let report = pool.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.stats().succeeded, JOBS);
+}
