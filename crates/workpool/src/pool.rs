@@ -378,11 +378,6 @@ impl<P: Send + 'static> Pool<P> {
     ///
     /// [`SubmitError::Closed`] with the job inside once shutdown has begun.
     ///
-    /// Each waiting submit (this one, `submit_timeout` and their detached
-    /// variants) spends a unit of tokio's cooperative task budget, as tokio's
-    /// own channels do: a task submitting in a tight loop yields to the other
-    /// tasks on its thread now and then, the pool's workers among them.
-    ///
     /// # Cancel safety
     ///
     /// If this future is dropped before it completes, the job was not accepted
@@ -401,7 +396,6 @@ impl<P: Send + 'static> Pool<P> {
     /// # Ok(()) }
     /// ```
     pub async fn submit(&self, job: Job<P>) -> Result<JobHandle<P>, SubmitError<P>> {
-        tokio::task::coop::consume_budget().await;
         let (env, handle) = with_handle(job);
         let pushed = match self.push_now(env) {
             Err(PushFail::Full(env)) => self.wait_push(env, None).await,
@@ -461,7 +455,6 @@ impl<P: Send + 'static> Pool<P> {
         job: Job<P>,
         timeout: Duration,
     ) -> Result<JobHandle<P>, SubmitTimeoutError<P>> {
-        tokio::task::coop::consume_budget().await;
         let (env, handle) = with_handle(job);
         let pushed = match self.push_now(env) {
             Err(PushFail::Full(env)) => {
@@ -491,7 +484,6 @@ impl<P: Send + 'static> Pool<P> {
     ///
     /// As [`submit`](Self::submit).
     pub async fn submit_detached(&self, job: Job<P>) -> Result<(), SubmitError<P>> {
-        tokio::task::coop::consume_budget().await;
         let pushed = match self.push_now(detached(job)) {
             Err(PushFail::Full(env)) => self.wait_push(env, None).await,
             r => r,
@@ -529,7 +521,6 @@ impl<P: Send + 'static> Pool<P> {
         job: Job<P>,
         timeout: Duration,
     ) -> Result<(), SubmitTimeoutError<P>> {
-        tokio::task::coop::consume_budget().await;
         let pushed = match self.push_now(detached(job)) {
             Err(PushFail::Full(env)) => {
                 self.wait_push(env, Some(after(Instant::now(), timeout)))

@@ -1,10 +1,15 @@
-//! The pool shares its runtime: a worker whose queue never runs dry, and a
-//! task submitting in a tight loop, each yield their thread now and then (one
-//! unit of tokio's cooperative budget per job, as tokio's channels spend),
-//! instead of holding it until the queue is empty or full.
+//! The pool shares its runtime: a worker whose queue never runs dry yields its
+//! thread now and then (one unit of tokio's cooperative budget per job, as a
+//! tokio channel's receiver spends), instead of holding it until the queue is
+//! empty, which, with submitters refilling it, may be never.
 //!
-//! Both tests run on a current-thread runtime, where a task that never yields
-//! keeps every other task waiting; so they fail if the budget is not spent.
+//! (Submits do not spend budget: a submitting task holds its thread at most
+//! until the queue is full, and then waits. Spending it there too cost 13 %
+//! on the handles benchmark and 12 % on 1 µs jobs with 64 workers; see
+//! benchmarks/NOTES.md.)
+//!
+//! The test runs on a current-thread runtime, where a task that never yields
+//! keeps every other task waiting; so it fails if the budget is not spent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,23 +47,6 @@ async fn a_busy_worker_lets_other_tasks_run() {
     assert!(
         seen < JOBS,
         "the worker ran all {JOBS} queued jobs before letting another task run"
-    );
-    let report = pool.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(report.stats().succeeded, JOBS);
-}
-
-#[tokio::test]
-async fn a_submitter_in_a_tight_loop_lets_the_workers_run() {
-    let done = Arc::new(AtomicU64::new(0));
-    let pool = counting_pool(&done);
-    // The queue has room for every job, so no submit waits; without a budget
-    // this loop would never give the worker the thread.
-    for i in 0..JOBS {
-        pool.submit_detached(Job::with_id(i, i)).await.unwrap();
-    }
-    assert!(
-        done.load(Ordering::Relaxed) > 0,
-        "no job ran while {JOBS} were submitted"
     );
     let report = pool.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.stats().succeeded, JOBS);
