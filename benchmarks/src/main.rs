@@ -7,8 +7,11 @@
 //! `--go-results FILE`, `--out FILE`, `--svg FILE`, `--submitter task|main`
 //! (where async strategies submit from; a task by default). For a quick look
 //! at a few cells while working on the hot path: `--only TEXT` (strategies
-//! whose name contains it), `--workload trivial|micro|sleep`, `--workers N`;
-//! with any of these only the throughput lines are printed.
+//! whose name contains it), `--workload trivial|micro|sleep`, `--workers N`,
+//! `--jobs N` (jobs per run instead of 10^6 / 10^5); with any of these only
+//! the throughput lines are printed. For instruction counts:
+//! `valgrind --tool=callgrind target/release/compare --only "workpool (detached)"
+//! --workload trivial --workers 2 --reps 1 --jobs 100000`.
 
 mod alternatives;
 mod report;
@@ -45,12 +48,16 @@ pub(crate) struct Config {
     only: Option<String>,
     workload: Option<Workload>,
     workers: Option<usize>,
+    jobs: Option<u64>,
 }
 
 impl Config {
     /// Whether a filter asked for a few cells rather than the full report.
     fn filtered(&self) -> bool {
-        self.only.is_some() || self.workload.is_some() || self.workers.is_some()
+        self.only.is_some()
+            || self.workload.is_some()
+            || self.workers.is_some()
+            || self.jobs.is_some()
     }
 }
 
@@ -71,6 +78,7 @@ fn parse_args() -> Config {
         only: None,
         workload: None,
         workers: None,
+        jobs: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -105,6 +113,14 @@ fn parse_args() -> Config {
                     args.next()
                         .and_then(|v| v.parse().ok())
                         .unwrap_or_else(|| usage("--workers takes a number")),
+                )
+            }
+            "--jobs" => {
+                c.jobs = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n| n > 0)
+                        .unwrap_or_else(|| usage("--jobs takes a number above 0")),
                 )
             }
             other => usage(&format!("unknown argument {other}")),
@@ -164,6 +180,7 @@ fn main() {
             Workload::Trivial | Workload::Micro => (1_000_000 / scale, &[2, 8, 64]),
             Workload::Sleep => (100_000 / scale, &[1000]),
         };
+        let n = config.jobs.unwrap_or(n);
         for &w in workers {
             if config.workers.is_some_and(|only| only != w) {
                 continue;
