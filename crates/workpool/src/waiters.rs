@@ -18,9 +18,10 @@
 //! place). Loom treats `SeqCst` as acquire-release, so it cannot check this
 //! pair; `tests` below and the pool's backpressure and chaos tests exercise it.
 //!
-//! Listeners are rare (a push that finds the queue full, a worker that finds
-//! it empty), so each gets a small allocation of its own and the list is a
-//! plain locked deque.
+//! A listener is made only when a push finds the queue full or a worker finds
+//! it empty, not per job, so each gets a small allocation of its own and the
+//! list is a plain locked deque (removing an unwoken listener searches it:
+//! at most one entry per waiting task).
 
 use std::collections::VecDeque;
 use std::future::Future;
