@@ -76,8 +76,9 @@ impl<P: Send + 'static> PoolBuilder<P> {
 
     /// Timeout for jobs that set none of their own. Default: none (no timer is
     /// set for such jobs); `Duration::ZERO` makes every such job's deadline
-    /// pass at once. At the deadline the job's signal fires; after the
-    /// [`grace`](Self::grace) period it is dropped and ends `TimedOut`.
+    /// pass at once, `Duration::MAX` (or anything past what the clock can
+    /// reach) sets no deadline. At the deadline the job's signal fires; after
+    /// the [`grace`](Self::grace) period it is dropped and ends `TimedOut`.
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = Some(timeout);
         self
@@ -583,7 +584,7 @@ impl<P: Send + 'static> Pool<P> {
     ///
     /// - Stops intake at once: later submits fail with `Closed(job)`.
     /// - Waits up to `timeout` for queued jobs, jobs waiting to retry, and
-    ///   running jobs to finish.
+    ///   running jobs to finish (`Duration::MAX`: as long as they take).
     /// - At the timeout: fires every running job's cancellation signal and
     ///   hands back what is still queued or waiting to retry (`Unstarted`).
     /// - After the [grace period](PoolBuilder::grace): gives up on what still
