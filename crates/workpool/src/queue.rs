@@ -36,6 +36,13 @@ pub(crate) struct Retried {
     pub(crate) started: Option<Instant>,
 }
 
+impl Retried {
+    /// Attempts made and when the first started, for an envelope's `retried`.
+    pub(crate) fn so_far(retried: Option<Box<Retried>>) -> (u32, Option<Instant>) {
+        retried.map_or((0, None), |r| (r.attempts, r.started))
+    }
+}
+
 impl<P> Envelope<P> {
     /// A job not yet tried.
     pub(crate) fn new(job: Job<P>, reply: Option<Reply<P>>) -> Self {
@@ -63,7 +70,7 @@ impl<P> Envelope<P> {
     /// The job, its reply, the attempts already made and when the first
     /// started.
     pub(crate) fn open(self) -> (Job<P>, Option<Reply<P>>, u32, Option<Instant>) {
-        let (attempts, started) = self.retried.map_or((0, None), |r| (r.attempts, r.started));
+        let (attempts, started) = Retried::so_far(self.retried);
         (self.job, self.reply.into_option(), attempts, started)
     }
 

@@ -23,10 +23,7 @@ pub(crate) struct ReplyCell<P> {
 enum Delivery<P> {
     /// No outcome yet; the handle's waker once it has been polled.
     Waiting(Option<Waker>),
-    Sent(Ended),
-    /// An unstarted job comes back whole, in a box of its own: kept inline it
-    /// would make every cell as large as a job (rare: only at shutdown).
-    SentUnstarted(Box<Job<P>>, u32),
+    Sent(Kept<P>),
     /// The pool let go of the job without an outcome (its runtime was
     /// dropped): the handle resolves to `Abandoned` with 0 attempts.
     Lost,
@@ -36,51 +33,49 @@ enum Delivery<P> {
     HandleGone,
 }
 
-/// Every outcome but `Unstarted`, without the job type. The cell is one
-/// allocation per job with a handle; with the outcome inline it was 176
-/// bytes (three cache lines, above glibc's fast size classes); under 120,
-/// the handles benchmark went from 370 to 276 ns per job (benchmarks/NOTES.md).
-enum Ended {
+/// An outcome as the cell keeps it: an unstarted job (rare: only at
+/// shutdown) in a box of its own. The cell is one allocation per job with a
+/// handle; with the job inline it was 176 bytes (three cache lines, above
+/// glibc's fast size classes); under 120, the handles benchmark went from 370
+/// to 276 ns per job (benchmarks/NOTES.md).
+enum Kept<P> {
     Succeeded(u32),
     Failed(BoxError, u32),
     Panicked(String, u32),
     TimedOut(u32),
     Cancelled(u32),
+    Unstarted(Box<Job<P>>, u32),
     Abandoned(u32),
 }
 
-impl<P> Delivery<P> {
-    fn sent(outcome: Outcome<P>) -> Self {
-        Delivery::Sent(match outcome {
-            Outcome::Unstarted { job, attempts } => {
-                return Delivery::SentUnstarted(Box::new(job), attempts);
-            }
-            Outcome::Succeeded { attempts } => Ended::Succeeded(attempts),
-            Outcome::Failed { error, attempts } => Ended::Failed(error, attempts),
-            Outcome::Panicked { message, attempts } => Ended::Panicked(message, attempts),
-            Outcome::TimedOut { attempts } => Ended::TimedOut(attempts),
-            Outcome::Cancelled { attempts } => Ended::Cancelled(attempts),
-            Outcome::Abandoned { attempts } => Ended::Abandoned(attempts),
-        })
+impl<P> From<Outcome<P>> for Kept<P> {
+    fn from(outcome: Outcome<P>) -> Self {
+        match outcome {
+            Outcome::Succeeded { attempts } => Kept::Succeeded(attempts),
+            Outcome::Failed { error, attempts } => Kept::Failed(error, attempts),
+            Outcome::Panicked { message, attempts } => Kept::Panicked(message, attempts),
+            Outcome::TimedOut { attempts } => Kept::TimedOut(attempts),
+            Outcome::Cancelled { attempts } => Kept::Cancelled(attempts),
+            Outcome::Unstarted { job, attempts } => Kept::Unstarted(Box::new(job), attempts),
+            Outcome::Abandoned { attempts } => Kept::Abandoned(attempts),
+        }
     }
+}
 
-    /// The outcome, for a `Sent` or `SentUnstarted`.
-    fn outcome(self) -> Option<Outcome<P>> {
-        Some(match self {
-            Delivery::SentUnstarted(job, attempts) => Outcome::Unstarted {
+impl<P> From<Kept<P>> for Outcome<P> {
+    fn from(kept: Kept<P>) -> Self {
+        match kept {
+            Kept::Succeeded(attempts) => Outcome::Succeeded { attempts },
+            Kept::Failed(error, attempts) => Outcome::Failed { error, attempts },
+            Kept::Panicked(message, attempts) => Outcome::Panicked { message, attempts },
+            Kept::TimedOut(attempts) => Outcome::TimedOut { attempts },
+            Kept::Cancelled(attempts) => Outcome::Cancelled { attempts },
+            Kept::Unstarted(job, attempts) => Outcome::Unstarted {
                 job: *job,
                 attempts,
             },
-            Delivery::Sent(ended) => match ended {
-                Ended::Succeeded(attempts) => Outcome::Succeeded { attempts },
-                Ended::Failed(error, attempts) => Outcome::Failed { error, attempts },
-                Ended::Panicked(message, attempts) => Outcome::Panicked { message, attempts },
-                Ended::TimedOut(attempts) => Outcome::TimedOut { attempts },
-                Ended::Cancelled(attempts) => Outcome::Cancelled { attempts },
-                Ended::Abandoned(attempts) => Outcome::Abandoned { attempts },
-            },
-            _ => return None,
-        })
+            Kept::Abandoned(attempts) => Outcome::Abandoned { attempts },
+        }
     }
 }
 
@@ -120,9 +115,7 @@ impl<P> ReplyCell<P> {
     pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
         let mut state = lock(&self.delivery);
         match std::mem::replace(&mut *state, Delivery::Taken) {
-            d @ (Delivery::Sent(_) | Delivery::SentUnstarted(..)) => {
-                Poll::Ready(d.outcome().expect("a sent outcome"))
-            }
+            Delivery::Sent(kept) => Poll::Ready(kept.into()),
             Delivery::Lost => Poll::Ready(Outcome::Abandoned { attempts: 0 }),
             Delivery::Waiting(w) => {
                 let w = match w {
@@ -181,8 +174,11 @@ impl<P> Reply<P> {
         let Some(cell) = self.0.take() else {
             return Err(outcome);
         };
-        cell.deliver(Delivery::sent(outcome))
-            .map_err(|d| d.outcome().expect("deliver gives back what it was given"))
+        cell.deliver(Delivery::Sent(outcome.into()))
+            .map_err(|d| match d {
+                Delivery::Sent(kept) => kept.into(),
+                _ => unreachable!("deliver gives back what it was given"),
+            })
     }
 }
 
