@@ -310,6 +310,44 @@ mod tests {
         assert!(matches!(q.take(|| false).await, Take::Closed));
     }
 
+    /// Wake-ups both ways between two runtime threads, through the real
+    /// ring, with one or two places so that both sides wait all the time. A
+    /// lost wake-up leaves a taker asleep beside an item (or a pusher beside
+    /// room) once the other side has finished, and the run never ends.
+    #[test]
+    fn no_wake_up_is_lost_between_threads() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for round in 0..100_u32 {
+                let q = Arc::new(Queue::memory(1 + round as usize % 2));
+                let n = 1_000_u32;
+                let q2 = q.clone();
+                let pusher = tokio::spawn(async move {
+                    for i in 0..n {
+                        assert!(q2.push(i, None).await.is_ok());
+                    }
+                });
+                let taker = tokio::spawn(async move {
+                    for i in 0..n {
+                        assert!(matches!(q.take(|| false).await, Take::Item(v) if v == i));
+                    }
+                });
+                let both = async {
+                    pusher.await.unwrap();
+                    taker.await.unwrap();
+                };
+                // Real time: the bound only matters when a wake-up is lost.
+                tokio::time::timeout(Duration::from_secs(20), both)
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: a wake-up was lost"));
+            }
+        });
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wake_takers_interrupts_an_idle_take() {
         let q = Arc::new(Queue::<u8>::memory(1));
