@@ -88,7 +88,8 @@ pub(crate) enum PushFail<T> {
 
 /// What a take found.
 pub(crate) enum Take<T> {
-    Item(T),
+    /// An item, and whether taking it woke a waiting pusher.
+    Item(T, bool),
     /// Closed and empty: nothing will ever come.
     Closed,
     /// The caller's `interrupted` check said to stop waiting.
@@ -129,8 +130,21 @@ impl<T> Queue<T> {
 
     /// Takes an item if one is there; used to hand back what is left.
     pub(crate) fn try_take(&self) -> Option<T> {
+        self.try_take_waking().map(|(item, _)| item)
+    }
+
+    /// Takes an item if one is there, and says whether that woke a waiting
+    /// pusher (see [`Queue::at_most_half_full`]).
+    pub(crate) fn try_take_waking(&self) -> Option<(T, bool)> {
         match self {
             Queue::Memory(q) => q.try_take(),
+        }
+    }
+
+    /// Whether the queue holds at most half of what it can.
+    pub(crate) fn at_most_half_full(&self) -> bool {
+        match self {
+            Queue::Memory(q) => q.items.len() * 2 <= q.items.capacity().unwrap_or(usize::MAX),
         }
     }
 
@@ -217,11 +231,11 @@ impl<T> MemoryQueue<T> {
         }
     }
 
-    fn try_take(&self) -> Option<T> {
+    fn try_take(&self) -> Option<(T, bool)> {
         match self.items.pop() {
             Ok(item) => {
-                self.popped.wake_one();
-                Some(item)
+                let woke = self.popped.wake_one();
+                Some((item, woke))
             }
             Err(_) => None,
         }
@@ -231,8 +245,8 @@ impl<T> MemoryQueue<T> {
         loop {
             match self.items.pop() {
                 Ok(item) => {
-                    self.popped.wake_one();
-                    return Take::Item(item);
+                    let woke = self.popped.wake_one();
+                    return Take::Item(item, woke);
                 }
                 Err(PopError::Closed) => return Take::Closed,
                 Err(PopError::Empty) => {}
@@ -243,8 +257,8 @@ impl<T> MemoryQueue<T> {
             let listener = self.pushed.listen();
             match self.items.pop() {
                 Ok(item) => {
-                    self.popped.wake_one();
-                    return Take::Item(item);
+                    let woke = self.popped.wake_one();
+                    return Take::Item(item, woke);
                 }
                 Err(PopError::Closed) => return Take::Closed,
                 Err(PopError::Empty) => {}
@@ -288,7 +302,7 @@ mod tests {
         let q2 = q.clone();
         let pusher = tokio::spawn(async move { q2.push(2, None).await.is_ok() });
         tokio::task::yield_now().await;
-        assert!(matches!(q.take(|| false).await, Take::Item(1)));
+        assert!(matches!(q.take(|| false).await, Take::Item(1, _)));
         assert!(pusher.await.unwrap());
         assert!(matches!(q.try_take(), Some(2)));
     }
@@ -306,7 +320,7 @@ mod tests {
             pusher.await.unwrap(),
             "a waiting push must fail with its item once closed"
         );
-        assert!(matches!(q.take(|| false).await, Take::Item(1)));
+        assert!(matches!(q.take(|| false).await, Take::Item(1, _)));
         assert!(matches!(q.take(|| false).await, Take::Closed));
     }
 
@@ -333,7 +347,7 @@ mod tests {
                 });
                 let taker = tokio::spawn(async move {
                     for i in 0..n {
-                        assert!(matches!(q.take(|| false).await, Take::Item(v) if v == i));
+                        assert!(matches!(q.take(|| false).await, Take::Item(v, _) if v == i));
                     }
                 });
                 let both = async {

@@ -78,22 +78,26 @@ impl Waiters {
     /// are the waker's half of the Dekker pair, and on x86 the load is a plain
     /// `mov`. The `mfence` that was here stalled every push and every take
     /// until the slot's stores had left the core (a fifth of the samples).
-    pub(crate) fn wake_one(&self) {
-        if self.unwoken.load(Ordering::SeqCst) > 0 {
-            self.wake_first();
-        }
+    ///
+    /// Returns whether a listener was woken.
+    pub(crate) fn wake_one(&self) -> bool {
+        self.unwoken.load(Ordering::SeqCst) > 0 && self.wake_first()
     }
 
     #[cold]
-    fn wake_first(&self) {
+    fn wake_first(&self) -> bool {
         let first = {
             let mut list = lock(&self.list);
             let first = list.pop_front();
             self.unwoken.store(list.len(), Ordering::Relaxed);
             first
         };
-        if let Some(w) = first {
-            w.wake();
+        match first {
+            Some(w) => {
+                w.wake();
+                true
+            }
+            None => false,
         }
     }
 

@@ -199,6 +199,7 @@ where
         shard,
         slot,
         signals,
+        owe_yield: false,
     };
     rt.spawn(worker.run());
 }
@@ -210,6 +211,9 @@ struct Worker<P, X: Exec<P>> {
     shard: Arc<Shard>,
     slot: Arc<Slot<P>>,
     signals: Arc<WorkerSignals>,
+    /// A take of this worker's woke a waiting submitter, and the worker has
+    /// not yielded its thread since.
+    owe_yield: bool,
 }
 
 /// What an attempt's end means, before retries are considered.
@@ -232,12 +236,21 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 return;
             }
             let shared = &*self.shared;
+            // A submitter this worker woke (its take made room) sits in this
+            // thread's LIFO slot, which other threads cannot steal: it runs
+            // only when this worker yields. Yield once the queue is down to
+            // half, so it refills the queue before the queue runs dry
+            // (`tests/fairness.rs`): one yield per refill, not per job.
+            if self.owe_yield && shared.queue.at_most_half_full() {
+                self.owe_yield = false;
+                tokio::task::yield_now().await;
+            }
             // Fast path without building the waiting future: under load the
             // queue is rarely empty.
-            let env = match shared.queue.try_take() {
-                Some(env) => env,
+            let (env, woke) = match shared.queue.try_take_waking() {
+                Some(taken) => taken,
                 None => match shared.queue.take(|| shared.over_target()).await {
-                    Take::Item(env) => env,
+                    Take::Item(env, woke) => (env, woke),
                     Take::Interrupted => continue,
                     Take::Closed => {
                         shared
@@ -247,6 +260,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     }
                 },
             };
+            self.owe_yield |= woke;
             // One attempt of this job, written inline rather than as an
             // `async fn` of its own: that would move the envelope into one
             // more future per job (measured: about 5 % of the instructions).

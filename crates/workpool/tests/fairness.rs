@@ -51,3 +51,54 @@ async fn a_busy_worker_lets_other_tasks_run() {
     let report = pool.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.stats().succeeded, JOBS);
 }
+
+/// A submitter waiting for room is woken by the take that makes room, but it
+/// runs only when the worker yields its thread (with tokio's multi-thread
+/// runtime the wake goes to that thread's LIFO slot, which other threads
+/// cannot steal). A worker that woke a submitter yields once the queue is down
+/// to half, so the submitter refills it before it runs dry; otherwise the
+/// worker drains it to empty first, and the other threads idle meanwhile
+/// (benchmarks/NOTES.md, fourth round).
+#[tokio::test]
+async fn a_waiting_submitter_refills_the_queue_before_it_runs_dry() {
+    const CAPACITY: usize = 10;
+    const TOTAL: u64 = 200;
+    let submitted = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(AtomicU64::new(0));
+    // The fewest jobs left queued when a job started, while the submitter
+    // still had jobs to submit.
+    let fewest_behind = Arc::new(AtomicU64::new(u64::MAX));
+    let pool: Pool<u64> = {
+        let (submitted, started, fewest) =
+            (submitted.clone(), started.clone(), fewest_behind.clone());
+        Pool::builder()
+            .workers(1)
+            .queue_capacity(CAPACITY)
+            .build(move |_job: Job<u64>, _ctx| {
+                let in_so_far = submitted.load(Ordering::SeqCst);
+                let before_me = started.fetch_add(1, Ordering::SeqCst);
+                if in_so_far < TOTAL {
+                    fewest.fetch_min(in_so_far - before_me - 1, Ordering::SeqCst);
+                }
+                async { Ok::<_, std::io::Error>(()) }
+            })
+            .unwrap()
+    };
+    let submitter = {
+        let (pool, submitted) = (pool.clone(), submitted.clone());
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                pool.submit_detached(Job::with_id(i, i)).await.unwrap();
+                submitted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    submitter.await.unwrap();
+    let report = pool.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.stats().succeeded, TOTAL);
+    let fewest = fewest_behind.load(Ordering::SeqCst);
+    assert!(
+        fewest > 0,
+        "the queue ran dry while the submitter still had jobs (fewest queued behind a starting job: {fewest})"
+    );
+}
