@@ -55,7 +55,7 @@ async fn job(p: Payload, workload: Workload, r: u64) {
 /// Whether strategy `i` runs workload `w` (thread-per-worker strategies do not
 /// take the I/O-like workload with W = 1000).
 pub(crate) fn applies(i: usize, w: Workload) -> bool {
-    !(w == Workload::Sleep && i >= 6)
+    !(w == Workload::Sleep && i >= 7)
 }
 
 pub(crate) fn run(
@@ -70,12 +70,13 @@ pub(crate) fn run(
     match i {
         0 => on_runtime(s, workpool(Mode::Detached, w, n, workers, r)),
         1 => on_runtime(s, workpool(Mode::Handles, w, n, workers, r)),
-        2 => on_runtime(s, workpool(Mode::Timeout, w, n, workers, r)),
-        3 => on_runtime(s, tokio_mpsc(w, n, workers, r)),
-        4 => on_runtime(s, spawn_semaphore(w, n, workers, r)),
-        5 => on_runtime(s, flume_tasks(w, n, workers, r)),
-        6 => crossbeam_threads(n, workers, r),
-        7 => rayon_spawn(n, workers, r),
+        2 => on_runtime(s, workpool(Mode::HandlesInFlight, w, n, workers, r)),
+        3 => on_runtime(s, workpool(Mode::Timeout, w, n, workers, r)),
+        4 => on_runtime(s, tokio_mpsc(w, n, workers, r)),
+        5 => on_runtime(s, spawn_semaphore(w, n, workers, r)),
+        6 => on_runtime(s, flume_tasks(w, n, workers, r)),
+        7 => crossbeam_threads(n, workers, r),
+        8 => rayon_spawn(n, workers, r),
         _ => threadpool_crate(n, workers, r),
     }
 }
@@ -83,9 +84,17 @@ pub(crate) fn run(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Detached,
+    /// Every handle held until all jobs are submitted, then awaited (as
+    /// `join_all` would): 10^6 reply cells live at once.
     Handles,
+    /// Each handle awaited once `IN_FLIGHT` newer ones are out, as a service
+    /// that awaits its results does (a `buffered` stream).
+    HandlesInFlight,
     Timeout,
 }
+
+/// Handles outstanding in `Mode::HandlesInFlight`.
+const IN_FLIGHT: usize = 1_000;
 
 async fn workpool(mode: Mode, w: Workload, n: u64, workers: usize, r: u64) -> Duration {
     let pool = Pool::builder()
@@ -109,6 +118,24 @@ async fn workpool(mode: Mode, w: Workload, n: u64, workers: usize, r: u64) -> Du
             for i in 0..n {
                 let job = Job::with_id(i, payload(i)).with_timeout(Duration::from_secs(600));
                 pool.submit_detached(job).await.expect("open");
+            }
+        }
+        Mode::HandlesInFlight => {
+            let mut handles = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+            for i in 0..n {
+                if handles.len() == IN_FLIGHT {
+                    let oldest: workpool::JobHandle<Payload> =
+                        handles.pop_front().expect("IN_FLIGHT handles");
+                    assert!(oldest.await.is_success());
+                }
+                handles.push_back(
+                    pool.submit(Job::with_id(i, payload(i)))
+                        .await
+                        .expect("open"),
+                );
+            }
+            for h in handles {
+                assert!(h.await.is_success());
             }
         }
         Mode::Handles => {

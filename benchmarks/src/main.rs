@@ -25,6 +25,7 @@ use work::Workload;
 pub(crate) const STRATEGIES: &[&str] = &[
     "workpool (detached)",
     "workpool (handles)",
+    "workpool (handles, 1,000 in flight)",
     "workpool (timeout set)",
     "tokio mpsc + shared receiver (tutorial port)",
     "tokio spawn + semaphore",
@@ -35,7 +36,7 @@ pub(crate) const STRATEGIES: &[&str] = &[
 ];
 
 /// How many of `STRATEGIES` are workpool's own rows.
-pub(crate) const WORKPOOL_ROWS: usize = 3;
+pub(crate) const WORKPOOL_ROWS: usize = 4;
 
 pub(crate) struct Config {
     pub(crate) quick: bool,
