@@ -109,6 +109,11 @@ done
     echo
 } > "$out/cli-results.md"
 
+# Hand-written figures that the script does not redo (the 10^7-record run)
+# follow the tables.
+if [[ -f benchmarks/cli-notes.md ]]; then
+    cat benchmarks/cli-notes.md >> "$out/cli-results.md"
+fi
 cat "$out/cli-results.md"
 [[ $quick -eq 0 ]] && cp "$out/cli-results.md" benchmarks/cli-results.md
 exit 0
