@@ -217,6 +217,13 @@ pub(crate) fn markdown(
     s
 }
 
+/// One colour per strategy and one for the Go pattern.
+const COLORS: [&str; 11] = [
+    "#1b7837", "#5aae61", "#a6dba0", "#762a83", "#9970ab", "#c2a5cf", "#2166ac", "#67a9cf",
+    "#d6604d", "#444444", "#e08214",
+];
+const _: () = assert!(COLORS.len() > STRATEGIES.len(), "a colour for every bar");
+
 /// Grouped bars: ns per job for trivial jobs, one group per W.
 pub(crate) fn svg(cells: &[Cell]) -> String {
     let strategies: Vec<&str> = STRATEGIES.iter().copied().chain([GO]).collect();
@@ -232,10 +239,7 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
     let scale = |v: f64| plot_h * ((v.max(10.0).log10() - lo) / (hi - lo));
     let bar = 18.0;
     let group_w = bar * strategies.len() as f64 + 40.0;
-    let colors = [
-        "#1b7837", "#5aae61", "#a6dba0", "#762a83", "#9970ab", "#c2a5cf", "#2166ac", "#67a9cf",
-        "#d6604d", "#444444",
-    ];
+    let colors = COLORS;
     let mut s = String::new();
     let _ = writeln!(
         s,
