@@ -11,7 +11,8 @@
 //! `--jobs N` (jobs per run instead of 10^6 / 10^5); with any of these only
 //! the throughput lines are printed. For instruction counts:
 //! `valgrind --tool=callgrind target/release/compare --only "workpool (detached)"
-//! --workload trivial --workers 2 --reps 1 --jobs 100000`.
+//! --workload trivial --workers 2 --reps 1 --jobs 100000`. `--latency`
+//! runs only the submit-to-start latency table and prints it.
 
 mod alternatives;
 mod report;
@@ -162,6 +163,15 @@ fn main() {
         let text = std::fs::read_to_string(&argv[2]).expect("read the report");
         std::fs::write(&argv[4], report::svg(&report::cells_from_markdown(&text)))
             .expect("write the chart");
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("--latency") {
+        for l in alternatives::latency(20_000, Duration::from_micros(100)) {
+            println!(
+                "{:<46} p50 {:>7.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs",
+                l.strategy, l.p50, l.p99, l.p999
+            );
+        }
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--calibrate") {

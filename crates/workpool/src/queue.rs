@@ -38,6 +38,7 @@ pub(crate) struct Retried {
 
 impl Retried {
     /// Attempts made and when the first started, for an envelope's `retried`.
+    #[inline]
     pub(crate) fn so_far(retried: Option<Box<Retried>>) -> (u32, Option<Instant>) {
         retried.map_or((0, None), |r| (r.attempts, r.started))
     }
