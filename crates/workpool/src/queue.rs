@@ -5,6 +5,8 @@
 //! PostgreSQL shared by many machines) would be a second variant of [`Queue`]
 //! with the same methods; workers and shutdown only use these.
 
+use std::sync::atomic::{Ordering, fence};
+
 use concurrent_queue::{ConcurrentQueue, PopError, PushError};
 use tokio::time::Instant;
 
@@ -181,6 +183,11 @@ impl<T> Queue<T> {
 /// that costs a fence and a load when nobody waits (see `waiters.rs`).
 pub(crate) struct MemoryQueue<T> {
     items: ConcurrentQueue<T>,
+    /// One place: concurrent-queue's `Single` flavour, whose take makes room
+    /// only at its `Release` unlock, not at its `SeqCst` compare-exchange (a
+    /// push meanwhile sees "full"). So a take's wake-up there needs the fence
+    /// that `Waiters::wake_one` leaves out (see there).
+    single: bool,
     /// Woken once per push: one waiting taker.
     pushed: Waiters,
     /// Woken once per take: one waiting pusher. A woken listener that is
@@ -192,6 +199,7 @@ impl<T> MemoryQueue<T> {
     fn new(capacity: usize) -> Self {
         MemoryQueue {
             items: ConcurrentQueue::bounded(capacity),
+            single: capacity == 1,
             pushed: Waiters::default(),
             popped: Waiters::default(),
         }
@@ -234,10 +242,7 @@ impl<T> MemoryQueue<T> {
 
     fn try_take(&self) -> Option<(T, bool)> {
         match self.items.pop() {
-            Ok(item) => {
-                let woke = self.popped.wake_one();
-                Some((item, woke))
-            }
+            Ok(item) => Some((item, self.took())),
             Err(_) => None,
         }
     }
@@ -246,8 +251,7 @@ impl<T> MemoryQueue<T> {
         loop {
             match self.items.pop() {
                 Ok(item) => {
-                    let woke = self.popped.wake_one();
-                    return Take::Item(item, woke);
+                    return Take::Item(item, self.took());
                 }
                 Err(PopError::Closed) => return Take::Closed,
                 Err(PopError::Empty) => {}
@@ -258,8 +262,7 @@ impl<T> MemoryQueue<T> {
             let listener = self.pushed.listen();
             match self.items.pop() {
                 Ok(item) => {
-                    let woke = self.popped.wake_one();
-                    return Take::Item(item, woke);
+                    return Take::Item(item, self.took());
                 }
                 Err(PopError::Closed) => return Take::Closed,
                 Err(PopError::Empty) => {}
@@ -269,6 +272,14 @@ impl<T> MemoryQueue<T> {
             }
             listener.await;
         }
+    }
+
+    /// After a take: wakes a waiting pusher, and says whether one was woken.
+    fn took(&self) -> bool {
+        if self.single {
+            fence(Ordering::SeqCst);
+        }
+        self.popped.wake_one()
     }
 
     fn close(&self) {

@@ -78,6 +78,8 @@ impl Waiters {
     /// are the waker's half of the Dekker pair, and on x86 the load is a plain
     /// `mov`. The `mfence` that was here stalled every push and every take
     /// until the slot's stores had left the core (a fifth of the samples).
+    /// (A one-place ring is the exception: its take makes room at a
+    /// `Release` unlock, so the queue fences before that wake-up.)
     ///
     /// Returns whether a listener was woken.
     pub(crate) fn wake_one(&self) -> bool {
