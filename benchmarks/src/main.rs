@@ -36,6 +36,11 @@ pub(crate) const STRATEGIES: &[&str] = &[
     "threadpool crate",
 ];
 
+/// The latency table: this many jobs (a tenth with `--quick`), one per
+/// interval.
+const LATENCY_JOBS: u64 = 20_000;
+const LATENCY_INTERVAL: Duration = Duration::from_micros(100);
+
 /// How many of `STRATEGIES` are workpool's own rows.
 pub(crate) const WORKPOOL_ROWS: usize = 4;
 
@@ -166,7 +171,7 @@ fn main() {
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("--latency") {
-        for l in alternatives::latency(20_000, Duration::from_micros(100)) {
+        for l in alternatives::latency(LATENCY_JOBS, LATENCY_INTERVAL) {
             println!(
                 "{:<46} p50 {:>7.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs",
                 l.strategy, l.p50, l.p99, l.p999
@@ -235,8 +240,12 @@ fn main() {
         cells.extend(report::read_go(path));
     }
     let latency = alternatives::latency(
-        if config.quick { 2_000 } else { 20_000 },
-        Duration::from_micros(100),
+        if config.quick {
+            LATENCY_JOBS / 10
+        } else {
+            LATENCY_JOBS
+        },
+        LATENCY_INTERVAL,
     );
     let memory = alternatives::memory(if config.quick { 10_000 } else { 1_000_000 });
     let shutdown = alternatives::shutdown_latency(config.reps);

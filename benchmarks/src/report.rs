@@ -239,7 +239,6 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
     let scale = |v: f64| plot_h * ((v.max(10.0).log10() - lo) / (hi - lo));
     let bar = 18.0;
     let group_w = bar * strategies.len() as f64 + 40.0;
-    let colors = COLORS;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -272,7 +271,7 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
                     x0 + i as f64 * bar,
                     top + plot_h - h,
                     bar - 2.0,
-                    colors[i % colors.len()]
+                    COLORS[i]
                 );
             }
         }
@@ -290,7 +289,7 @@ pub(crate) fn svg(cells: &[Cell]) -> String {
             s,
             r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{st}</text>"#,
             y - 10.0,
-            colors[i % colors.len()],
+            COLORS[i],
             x + 18.0,
             y
         );

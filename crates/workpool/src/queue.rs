@@ -183,11 +183,6 @@ impl<T> Queue<T> {
 /// that costs a fence and a load when nobody waits (see `waiters.rs`).
 pub(crate) struct MemoryQueue<T> {
     items: ConcurrentQueue<T>,
-    /// One place: concurrent-queue's `Single` flavour, whose take makes room
-    /// only at its `Release` unlock, not at its `SeqCst` compare-exchange (a
-    /// push meanwhile sees "full"). So a take's wake-up there needs the fence
-    /// that `Waiters::wake_one` leaves out (see there).
-    single: bool,
     /// Woken once per push: one waiting taker.
     pushed: Waiters,
     /// Woken once per take: one waiting pusher. A woken listener that is
@@ -199,7 +194,6 @@ impl<T> MemoryQueue<T> {
     fn new(capacity: usize) -> Self {
         MemoryQueue {
             items: ConcurrentQueue::bounded(capacity),
-            single: capacity == 1,
             pushed: Waiters::default(),
             popped: Waiters::default(),
         }
@@ -275,8 +269,13 @@ impl<T> MemoryQueue<T> {
     }
 
     /// After a take: wakes a waiting pusher, and says whether one was woken.
+    ///
+    /// A queue of one place is concurrent-queue's `Single` flavour, whose take
+    /// makes room only at its `Release` unlock, not at its `SeqCst`
+    /// compare-exchange (a push meanwhile sees "full"). So its wake-up needs
+    /// the fence that `Waiters::wake_one` leaves out (see there).
     fn took(&self) -> bool {
-        if self.single {
+        if self.items.capacity() == Some(1) {
             fence(Ordering::SeqCst);
         }
         self.popped.wake_one()
