@@ -1,15 +1,16 @@
 //! The pool shares its runtime: a worker whose queue never runs dry yields its
-//! thread now and then (one unit of tokio's cooperative budget per job, as a
-//! tokio channel's receiver spends), instead of holding it until the queue is
-//! empty, which, with submitters refilling it, may be never.
+//! thread now and then (every 128 jobs, as a tokio channel's receiver does by
+//! spending one unit of tokio's 128-unit task budget per message), instead of
+//! holding it until the queue is empty, which, with submitters refilling it,
+//! may be never.
 //!
-//! (Submits do not spend budget: a submitting task holds its thread at most
-//! until the queue is full, and then waits. Spending it there too cost 13 %
-//! on the handles benchmark and 12 % on 1 µs jobs with 64 workers; see
+//! (Submits do not yield: a submitting task holds its thread at most until
+//! the queue is full, and then waits. Spending tokio's budget there too cost
+//! 13 % on the handles benchmark and 12 % on 1 µs jobs with 64 workers; see
 //! benchmarks/NOTES.md.)
 //!
 //! The test runs on a current-thread runtime, where a task that never yields
-//! keeps every other task waiting; so it fails if the budget is not spent.
+//! keeps every other task waiting; so it fails if the worker does not yield.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
