@@ -297,6 +297,7 @@ impl<P: Send + 'static> Drop for Waiting<'_, P> {
     }
 }
 
+#[inline(always)]
 fn detached<P>(job: Job<P>) -> Envelope<P> {
     Envelope::new(job, None)
 }
@@ -316,6 +317,7 @@ impl<P: Send + 'static> Pool<P> {
     /// Admits `env` and pushes it if there is room. A `Full` comes back still
     /// admitted: `wait_push` or `try_push` settles it. Not an `async fn`, so
     /// the usual case (room) costs no future of its own.
+    #[inline(always)]
     fn push_now(&self, env: Envelope<P>) -> Result<(), PushFail<Envelope<P>>> {
         let shared = self.shared();
         if !shared.admit() {

@@ -108,6 +108,7 @@ impl<T> Queue<T> {
         Queue::Memory(MemoryQueue::new(capacity))
     }
 
+    #[inline(always)]
     pub(crate) fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
         match self {
             Queue::Memory(q) => q.try_push(item),
@@ -138,6 +139,7 @@ impl<T> Queue<T> {
 
     /// Takes an item if one is there, and says whether that woke a waiting
     /// pusher (see [`Queue::at_most_half_full`]).
+    #[inline(always)]
     pub(crate) fn try_take_waking(&self) -> Option<(T, bool)> {
         match self {
             Queue::Memory(q) => q.try_take(),
@@ -145,6 +147,7 @@ impl<T> Queue<T> {
     }
 
     /// Whether the queue holds at most half of what it can.
+    #[inline(always)]
     pub(crate) fn at_most_half_full(&self) -> bool {
         match self {
             Queue::Memory(q) => q.items.len() * 2 <= q.items.capacity().unwrap_or(usize::MAX),
@@ -199,6 +202,7 @@ impl<T> MemoryQueue<T> {
         }
     }
 
+    #[inline(always)]
     fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
         match self.items.push(item) {
             Ok(()) => {
@@ -234,6 +238,7 @@ impl<T> MemoryQueue<T> {
         }
     }
 
+    #[inline(always)]
     fn try_take(&self) -> Option<(T, bool)> {
         match self.items.pop() {
             Ok(item) => Some((item, self.took())),
@@ -274,6 +279,7 @@ impl<T> MemoryQueue<T> {
     /// makes room only at its `Release` unlock, not at its `SeqCst`
     /// compare-exchange (a push meanwhile sees "full"). So its wake-up needs
     /// the fence that `Waiters::wake_one` leaves out (see there).
+    #[inline(always)]
     fn took(&self) -> bool {
         if self.items.capacity() == Some(1) {
             fence(Ordering::SeqCst);

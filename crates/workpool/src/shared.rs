@@ -263,7 +263,33 @@ impl<P: Send + 'static> Shared<P> {
     /// who awaited its handle reads stats that include the job. An unstarted
     /// job is the exception: where it goes (the handle, or the report if the
     /// handle was dropped) must be settled before it is counted.
+    #[inline(always)]
     pub(crate) fn finish(
+        &self,
+        shard: &Shard,
+        id: JobId,
+        outcome: Outcome<P>,
+        reply: Option<Reply<P>>,
+        started: Option<Instant>,
+    ) {
+        // The usual case, apart so that it is inlined into the worker: a job
+        // without a handle that ran, while the pool runs, with nothing that
+        // measures durations (no hook, no metrics). All the rest would do is
+        // count it.
+        let kind = outcome.kind();
+        if reply.is_none()
+            && !self.config.timed
+            && kind != OutcomeKind::Unstarted
+            && self.state() == RUNNING
+        {
+            shard.add(kind);
+            return;
+        }
+        self.finish_in_full(shard, id, outcome, reply, started);
+    }
+
+    #[inline(never)]
+    fn finish_in_full(
         &self,
         shard: &Shard,
         id: JobId,

@@ -18,6 +18,7 @@ impl<T> Slot<T> {
 
     /// Puts `value` in unless `refuse()`, asked under the lock, says no; then
     /// the value comes back.
+    #[inline(always)]
     pub(crate) fn claim(&self, refuse: impl FnOnce() -> bool, value: T) -> Result<(), T> {
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if refuse() {
@@ -28,6 +29,7 @@ impl<T> Slot<T> {
     }
 
     /// Takes the value out, if it is still there.
+    #[inline(always)]
     pub(crate) fn take(&self) -> Option<T> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }

@@ -31,6 +31,7 @@ impl Shard {
         }
     }
 
+    #[inline]
     fn bump(&self, counter: &AtomicU64, order: Ordering) {
         if self.single_writer {
             counter.store(counter.load(Ordering::Relaxed) + 1, order);
@@ -41,6 +42,7 @@ impl Shard {
 
     /// Release: a reader that sees the count (Acquire) also sees everything the
     /// job's outcome wrote before it: the shutdown lists, the hook's effects.
+    #[inline]
     pub(crate) fn add(&self, kind: OutcomeKind) {
         self.bump(&self.outcomes[kind as usize], Ordering::Release);
     }
