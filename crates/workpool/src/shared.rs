@@ -273,16 +273,16 @@ impl<P: Send + 'static> Shared<P> {
         started: Option<Instant>,
     ) {
         // The usual case, apart so that it is inlined into the worker: a job
-        // without a handle that ran, while the pool runs, with nothing that
-        // measures durations (no hook, no metrics). All the rest would do is
-        // count it.
+        // that ran, while the pool runs, with nothing that measures durations
+        // (no hook, no metrics). All the rest would do is count it and answer
+        // its handle, in that order.
         let kind = outcome.kind();
-        if reply.is_none()
-            && !self.config.timed
-            && kind != OutcomeKind::Unstarted
-            && self.state() == RUNNING
-        {
+        if !self.config.timed && kind != OutcomeKind::Unstarted && self.state() == RUNNING {
             shard.add(kind);
+            if let Some(r) = reply {
+                // The caller may have dropped the handle: that is allowed.
+                let _ = r.send(outcome);
+            }
             return;
         }
         self.finish_in_full(shard, id, outcome, reply, started);
