@@ -261,10 +261,13 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             }
             // Fast path without building the waiting future: under load the
             // queue is rarely empty.
-            let (env, woke) = match shared.queue.try_take_waking() {
-                Some(taken) => taken,
+            let env = match shared.queue.try_take_waking(&mut self.owe_yield) {
+                Some(env) => env,
                 None => match shared.queue.take(|| shared.over_target()).await {
-                    Take::Item(env, woke) => (env, woke),
+                    Take::Item(env, woke) => {
+                        self.owe_yield |= woke;
+                        env
+                    }
                     Take::Interrupted => continue,
                     Take::Closed => {
                         shared
@@ -274,7 +277,6 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     }
                 },
             };
-            self.owe_yield |= woke;
             // One attempt of this job, written inline rather than as an
             // `async fn` of its own: that would move the envelope into one
             // more future per job (measured: about 5 % of the instructions).
