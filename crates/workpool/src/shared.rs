@@ -273,11 +273,14 @@ impl<P: Send + 'static> Shared<P> {
         started: Option<Instant>,
     ) {
         // The usual case, apart so that it is inlined into the worker: a job
-        // that ran, while the pool runs, with nothing that measures durations
-        // (no hook, no metrics). All the rest would do is count it and answer
-        // its handle, in that order.
+        // that ran, while the pool runs, without an outcome hook. All the rest
+        // would do is record its metrics, count it and answer its handle, in
+        // that order.
         let kind = outcome.kind();
-        if !self.config.timed && kind != OutcomeKind::Unstarted && self.state() == RUNNING {
+        if self.config.hook.is_none() && kind != OutcomeKind::Unstarted && self.state() == RUNNING
+        {
+            #[cfg(feature = "metrics")]
+            record_metrics(kind, started.map(|s| s.elapsed()).unwrap_or_default());
             shard.add(kind);
             if let Some(r) = reply {
                 // The caller may have dropped the handle: that is allowed.
@@ -308,10 +311,7 @@ impl<P: Send + 'static> Shared<P> {
         }
         let duration = started.map(|s| s.elapsed()).unwrap_or_default();
         #[cfg(feature = "metrics")]
-        {
-            metrics::counter!("workpool_jobs_total", "outcome" => kind.as_str()).increment(1);
-            metrics::histogram!("workpool_job_duration_seconds").record(duration.as_secs_f64());
-        }
+        record_metrics(kind, duration);
         // The outcome is moved only where it goes somewhere (the hook, the
         // handle, the report): it is as large as a job, and a detached job
         // that succeeded only needs counting.
@@ -448,4 +448,11 @@ impl<P: Send + 'static> Shared<P> {
             self.progress.notify_one();
         }
     }
+}
+
+/// A job's outcome and duration, through the `metrics` facade.
+#[cfg(feature = "metrics")]
+fn record_metrics(kind: OutcomeKind, duration: std::time::Duration) {
+    metrics::counter!("workpool_jobs_total", "outcome" => kind.as_str()).increment(1);
+    metrics::histogram!("workpool_job_duration_seconds").record(duration.as_secs_f64());
 }
