@@ -277,8 +277,7 @@ impl<P: Send + 'static> Shared<P> {
         // would do is record its metrics, count it and answer its handle, in
         // that order.
         let kind = outcome.kind();
-        if self.config.hook.is_none() && kind != OutcomeKind::Unstarted && self.state() == RUNNING
-        {
+        if self.config.hook.is_none() && kind != OutcomeKind::Unstarted && self.state() == RUNNING {
             #[cfg(feature = "metrics")]
             record_metrics(kind, started.map(|s| s.elapsed()).unwrap_or_default());
             shard.add(kind);

@@ -57,7 +57,8 @@ async fn a_busy_worker_lets_other_tasks_run() {
 /// runs only when the worker yields its thread (with tokio's multi-thread
 /// runtime the wake goes to that thread's LIFO slot, which other threads
 /// cannot steal). A worker that woke a submitter yields once the queue is down
-/// to half, so the submitter refills it before it runs dry; otherwise the
+/// to about half (after a count of its own takes: on this one-thread runtime,
+/// half the queue), so the submitter refills it before it runs dry; otherwise the
 /// worker drains it to empty first, and the other threads idle meanwhile
 /// (benchmarks/NOTES.md, fourth round).
 #[tokio::test]
