@@ -138,7 +138,7 @@ impl<T> Queue<T> {
     }
 
     /// Takes an item if one is there, and sets `woke` if that woke a waiting
-    /// pusher (see `worker.rs`, `submitter_in`). Through a reference rather
+    /// pusher (see `worker.rs`, `refill_after`). Through a reference rather
     /// than in a returned tuple: 8 instructions per job fewer, measured (the
     /// item is copied, not built into a tuple).
     #[inline(always)]

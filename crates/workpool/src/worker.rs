@@ -199,7 +199,6 @@ where
         shard,
         slot,
         signals,
-        submitter_in: 0,
         refill_after: refill_after(shared.queue.capacity(), rt.metrics().num_workers()),
         until_yield: JOBS_PER_YIELD,
     };
@@ -213,12 +212,11 @@ struct Worker<P, X: Exec<P>> {
     shard: Arc<Shard>,
     slot: Arc<Slot<P>>,
     signals: Arc<WorkerSignals>,
-    /// Takes left before this worker yields its thread to a waiting
-    /// submitter that one of its takes woke; 0 when it owes no such yield.
-    submitter_in: u32,
     /// See [`refill_after`].
     refill_after: u32,
-    /// Jobs left before this worker yields its thread (see [`JOBS_PER_YIELD`]).
+    /// Jobs left before this worker yields its thread: at most
+    /// [`JOBS_PER_YIELD`], at most [`refill_after`] once a take woke a
+    /// waiting submitter.
     until_yield: u32,
 }
 
@@ -251,32 +249,16 @@ enum Verdict {
 impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
     async fn run(mut self) {
         loop {
+            // The one place a worker yields its thread between jobs.
             self.until_yield -= 1;
             if self.until_yield == 0 {
                 self.until_yield = JOBS_PER_YIELD;
-                self.submitter_in = 0;
                 tokio::task::yield_now().await;
             }
             if self.shared.try_retire() {
                 return;
             }
             let shared = &*self.shared;
-            // A submitter this worker woke (its take made room) sits in this
-            // thread's LIFO slot, which other threads cannot steal: it runs
-            // only when this worker yields. Yield once the queue is down to
-            // about half ([`refill_after`]), so that the submitter refills it
-            // before it runs dry (`tests/fairness.rs`): one yield per refill,
-            // not per job. Counted rather than read off the queue: its length
-            // is the submitter's tail, a cache line that moves between cores
-            // with every push (20 % of the worker's samples at 1 µs jobs,
-            // perf).
-            if self.submitter_in > 0 {
-                self.submitter_in -= 1;
-                if self.submitter_in == 0 {
-                    self.until_yield = JOBS_PER_YIELD;
-                    tokio::task::yield_now().await;
-                }
-            }
             // Fast path without building the waiting future: under load the
             // queue is rarely empty.
             let mut woke = false;
@@ -296,8 +278,17 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     }
                 },
             };
-            if woke && self.submitter_in == 0 {
-                self.submitter_in = self.refill_after;
+            // A submitter this worker woke (its take made room) sits in this
+            // thread's LIFO slot, which other threads cannot steal: it runs
+            // only when this worker yields. So yield once the queue is down to
+            // about half ([`refill_after`]), and the submitter refills it
+            // before it runs dry (`tests/fairness.rs`): one yield per refill,
+            // not per job. Counted rather than read off the queue: its length
+            // is the submitter's tail, a cache line that moves between cores
+            // with every push (20 % of the worker's samples at 1 µs jobs,
+            // perf).
+            if woke {
+                self.until_yield = self.until_yield.min(self.refill_after);
             }
             // One attempt of this job, written inline rather than as an
             // `async fn` of its own: that would move the envelope into one
