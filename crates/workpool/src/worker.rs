@@ -15,7 +15,7 @@ use crate::context::{JobContext, WorkerSignals};
 use crate::handler::{BoxError, Handler, is_permanent};
 use crate::job::Job;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::queue::{Envelope, Retried, Take};
+use crate::queue::{Envelope, Retried, Wait};
 use crate::reply::Reply;
 use crate::shared::{HANDING_BACK, InFlight, Shared, Slot, WorkerEntry, lock};
 use crate::stats::Shard;
@@ -262,21 +262,18 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
             // Fast path without building the waiting future: under load the
             // queue is rarely empty.
             let mut woke = false;
-            let env = match shared.queue.try_take_waking(&mut woke) {
-                Some(env) => env,
-                None => match shared.queue.take(|| shared.over_target()).await {
-                    Take::Item(env, w) => {
-                        woke = w;
-                        env
-                    }
-                    Take::Interrupted => continue,
-                    Take::Closed => {
+            let Ok(env) = shared.queue.try_take_waking(&mut woke) else {
+                // Then round again: a wake-up counts towards the next yield,
+                // and the retire check comes first.
+                match shared.queue.wait(|| shared.over_target()).await {
+                    Wait::Ready | Wait::Interrupted => continue,
+                    Wait::Closed => {
                         shared
                             .live
                             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                         return;
                     }
-                },
+                }
             };
             // A submitter this worker woke (its take made room) sits in this
             // thread's LIFO slot, which other threads cannot steal: it runs
