@@ -16,15 +16,21 @@ impl<T> Slot<T> {
         Slot(Mutex::new(None))
     }
 
-    /// Puts `value` in unless `refuse()`, asked under the lock, says no; then
-    /// the value comes back.
+    /// Puts `make()` in unless `refuse()`, asked under the lock, says no; then
+    /// `make()` comes back. Made in place rather than passed in: a value
+    /// built on the stack and then copied in was read back in wider loads
+    /// than it was written with, and each such load waits (perf).
     #[inline(always)]
-    pub(crate) fn claim(&self, refuse: impl FnOnce() -> bool, value: T) -> Result<(), T> {
+    pub(crate) fn claim(
+        &self,
+        refuse: impl FnOnce() -> bool,
+        make: impl FnOnce() -> T,
+    ) -> Result<(), T> {
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if refuse() {
-            return Err(value);
+            return Err(make());
         }
-        *slot = Some(value);
+        *slot = Some(make());
         Ok(())
     }
 
@@ -61,7 +67,7 @@ mod loom_model {
             let worker = {
                 let (gate, slot, outcomes) = (gate.clone(), slot.clone(), outcomes.clone());
                 thread::spawn(move || {
-                    match slot.claim(|| gate.state() >= HANDING_BACK, 7u32) {
+                    match slot.claim(|| gate.state() >= HANDING_BACK, || 7u32) {
                         // Refused under the lock: handed back unstarted.
                         Err(_) => {
                             outcomes.fetch_add(1, Ordering::AcqRel);
@@ -96,7 +102,7 @@ mod loom_model {
             let slot = Arc::new(Slot::new());
             let worker = {
                 let (gate, slot) = (gate.clone(), slot.clone());
-                thread::spawn(move || slot.claim(|| gate.state() >= HANDING_BACK, 7u32).is_ok())
+                thread::spawn(move || slot.claim(|| gate.state() >= HANDING_BACK, || 7u32).is_ok())
             };
             gate.advance(STOPPED);
             let abandoned = slot.take().is_some();

@@ -327,7 +327,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 // Claim the slot. The state is read under the slot's lock, and shutdown
                 // moves the state forward before it empties the slots: so either
                 // shutdown finds this job here, or this worker sees it must not start.
-                let in_flight = InFlight {
+                let in_flight = || InFlight {
                     id: job.id.clone(),
                     attempt,
                     reply,
