@@ -89,6 +89,15 @@ pub(crate) enum PushFail<T> {
     Timeout(T),
 }
 
+impl<T> PushFail<T> {
+    /// The value that was not pushed, whatever the reason.
+    pub(crate) fn into_inner(self) -> T {
+        match self {
+            PushFail::Full(v) | PushFail::Closed(v) | PushFail::Timeout(v) => v,
+        }
+    }
+}
+
 /// What a wait for an item found.
 pub(crate) enum Wait {
     /// Something to take (or there was: another taker may be first).
