@@ -297,7 +297,6 @@ impl<P: Send + 'static> Drop for Waiting<'_, P> {
     }
 }
 
-#[inline(always)]
 /// A failed push of a submit with a timeout, as its error.
 fn timeout_error<P>(f: PushFail<Envelope<P>>) -> SubmitTimeoutError<P> {
     match f {
@@ -306,6 +305,7 @@ fn timeout_error<P>(f: PushFail<Envelope<P>>) -> SubmitTimeoutError<P> {
     }
 }
 
+#[inline(always)]
 fn detached<P>(job: Job<P>) -> Envelope<P> {
     Envelope::new(job, None)
 }
