@@ -327,10 +327,14 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 // Claim the slot. The state is read under the slot's lock, and shutdown
                 // moves the state forward before it empties the slots: so either
                 // shutdown finds this job here, or this worker sees it must not start.
+                // The closure takes the reply through a reference: captured by
+                // value, it was copied into the closure together with the next
+                // field and read back in one wider load (perf).
+                let mut reply = reply;
                 let in_flight = || InFlight {
                     id: job.id.clone(),
                     attempt,
-                    reply,
+                    reply: reply.take(),
                     started,
                 };
                 if let Err(refused) = self
