@@ -297,6 +297,12 @@ impl<P: Send + 'static> Drop for Waiting<'_, P> {
     }
 }
 
+/// A failed push of a submit without a timeout, as its error: it can only
+/// have found the pool closed.
+fn closed_error<P>(f: PushFail<Envelope<P>>) -> SubmitError<P> {
+    SubmitError::Closed(f.into_inner().job)
+}
+
 /// A failed push of a submit with a timeout, as its error.
 fn timeout_error<P>(f: PushFail<Envelope<P>>) -> SubmitTimeoutError<P> {
     match f {
@@ -414,11 +420,11 @@ impl<P: Send + 'static> Pool<P> {
         let env = match self.push_now(env) {
             Ok(()) => return Ok(handle),
             Err(PushFail::Full(env)) => env,
-            Err(f) => return Err(SubmitError::Closed(f.into_inner().job)),
+            Err(f) => return Err(closed_error(f)),
         };
         match self.wait_push(env, None).await {
             Ok(()) => Ok(handle),
-            Err(f) => Err(SubmitError::Closed(f.into_inner().job)),
+            Err(f) => Err(closed_error(f)),
         }
     }
 
@@ -502,11 +508,9 @@ impl<P: Send + 'static> Pool<P> {
         let env = match self.push_now(detached(job)) {
             Ok(()) => return Ok(()),
             Err(PushFail::Full(env)) => env,
-            Err(f) => return Err(SubmitError::Closed(f.into_inner().job)),
+            Err(f) => return Err(closed_error(f)),
         };
-        self.wait_push(env, None)
-            .await
-            .map_err(|f| SubmitError::Closed(f.into_inner().job))
+        self.wait_push(env, None).await.map_err(closed_error)
     }
 
     /// Like [`try_submit`](Self::try_submit), without a handle.

@@ -300,7 +300,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     reply,
                     retried,
                 } = env;
-                let reply = reply.into_option();
+                let mut reply = reply.into_option();
                 let (attempts, started) = Retried::so_far(retried);
                 let attempt = attempts + 1;
                 let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
@@ -330,7 +330,6 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 // The closure takes the reply through a reference: captured by
                 // value, it was copied into the closure together with the next
                 // field and read back in one wider load (perf).
-                let mut reply = reply;
                 let in_flight = || InFlight {
                     id: job.id.clone(),
                     attempt,
