@@ -78,6 +78,10 @@ impl<P> Future for JobHandle<P> {
     type Output = Outcome<P>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+        assert!(
+            !self.done,
+            "a JobHandle was polled after it returned its outcome"
+        );
         let polled = self.cell.poll_outcome(cx);
         if polled.is_ready() {
             self.done = true;

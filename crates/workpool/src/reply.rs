@@ -6,77 +6,16 @@
 //! cancel signal): with many handles held, the allocator was the largest
 //! cost of the handle path.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use crate::cancel::{CancelRef, HoldsCancel, JobCancel};
-use crate::handler::BoxError;
-use crate::job::Job;
 use crate::outcome::Outcome;
-use crate::shared::lock;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 
 pub(crate) struct ReplyCell<P> {
     cancel: JobCancel,
-    delivery: Mutex<Delivery<P>>,
-}
-
-enum Delivery<P> {
-    /// No outcome yet; the handle's waker once it has been polled.
-    Waiting(Option<Waker>),
-    Sent(Kept<P>),
-    /// The pool let go of the job without an outcome (its runtime was
-    /// dropped): the handle resolves to `Abandoned` with 0 attempts.
-    Lost,
-    /// The handle took the outcome.
-    Taken,
-    /// The handle was dropped before an outcome came: nobody takes one.
-    HandleGone,
-}
-
-/// An outcome as the cell keeps it: an unstarted job (rare: only at
-/// shutdown) in a box of its own. The cell is one allocation per job with a
-/// handle; with the job inline it was 176 bytes (three cache lines, above
-/// glibc's fast size classes); under 120, the handles benchmark went from 370
-/// to 276 ns per job (benchmarks/NOTES.md).
-enum Kept<P> {
-    Succeeded(u32),
-    Failed(BoxError, u32),
-    Panicked(String, u32),
-    TimedOut(u32),
-    Cancelled(u32),
-    Unstarted(Box<Job<P>>, u32),
-    Abandoned(u32),
-}
-
-impl<P> From<Outcome<P>> for Kept<P> {
-    fn from(outcome: Outcome<P>) -> Self {
-        match outcome {
-            Outcome::Succeeded { attempts } => Kept::Succeeded(attempts),
-            Outcome::Failed { error, attempts } => Kept::Failed(error, attempts),
-            Outcome::Panicked { message, attempts } => Kept::Panicked(message, attempts),
-            Outcome::TimedOut { attempts } => Kept::TimedOut(attempts),
-            Outcome::Cancelled { attempts } => Kept::Cancelled(attempts),
-            Outcome::Unstarted { job, attempts } => Kept::Unstarted(Box::new(job), attempts),
-            Outcome::Abandoned { attempts } => Kept::Abandoned(attempts),
-        }
-    }
-}
-
-impl<P> From<Kept<P>> for Outcome<P> {
-    fn from(kept: Kept<P>) -> Self {
-        match kept {
-            Kept::Succeeded(attempts) => Outcome::Succeeded { attempts },
-            Kept::Failed(error, attempts) => Outcome::Failed { error, attempts },
-            Kept::Panicked(message, attempts) => Outcome::Panicked { message, attempts },
-            Kept::TimedOut(attempts) => Outcome::TimedOut { attempts },
-            Kept::Cancelled(attempts) => Outcome::Cancelled { attempts },
-            Kept::Unstarted(job, attempts) => Outcome::Unstarted {
-                job: *job,
-                attempts,
-            },
-            Kept::Abandoned(attempts) => Outcome::Abandoned { attempts },
-        }
-    }
+    delivery: Delivery<P>,
 }
 
 impl<P: Send + 'static> HoldsCancel for ReplyCell<P> {
@@ -90,53 +29,155 @@ impl<P> ReplyCell<P> {
         &self.cancel
     }
 
-    /// Puts `d` in for the handle and wakes it; gives `d` back if the handle
-    /// is gone (or something was delivered already, which one `Reply` cannot
-    /// do).
-    fn deliver(&self, d: Delivery<P>) -> Result<(), Delivery<P>> {
-        let waker = {
-            let mut state = lock(&self.delivery);
-            match &mut *state {
-                Delivery::Waiting(w) => {
-                    let w = w.take();
-                    *state = d;
-                    w
-                }
-                _ => return Err(d),
+    /// The handle's poll. Polled again after it returned the outcome, it
+    /// may return it again or panic: the handle does not.
+    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+        self.delivery.poll(cx)
+    }
+
+    /// The handle is dropped before it took an outcome.
+    pub(crate) fn handle_dropped(&self) {
+        self.delivery.handle_gone();
+    }
+}
+
+/// A one-shot hand-over of an outcome from the pool to the handle, in one
+/// atomic word where it can be: an outcome without data (succeeded, timed
+/// out, cancelled, abandoned: the usual ones) is the word itself, so that
+/// the worker delivers it with one read-modify-write and the handle reads it
+/// with one load. (With a lock around the outcome it was two RMWs on each
+/// side, on a cache line that moves between the worker's core and the
+/// submitter's.) An outcome with data (an error, a panic message, a job
+/// handed back) waits boxed behind the lock, and so does the handle's waker.
+pub(crate) struct Delivery<P> {
+    /// The flags below; for a [`SENT`] outcome without data, its kind and,
+    /// in the upper half, its attempts.
+    state: AtomicU64,
+    slow: Mutex<Slow<P>>,
+}
+
+struct Slow<P> {
+    waker: Option<Waker>,
+    /// An outcome with data (boxed: the cell stays small).
+    outcome: Option<Box<Outcome<P>>>,
+}
+
+/// The handle's waker is in `slow` (set by the handle after it stored it).
+const WAKER: u64 = 1;
+/// The handle was dropped before it took an outcome.
+const GONE: u64 = 1 << 1;
+/// An outcome is in.
+const SENT: u64 = 1 << 2;
+/// ... and it is in `slow`, not in the word.
+const IN_SLOW: u64 = 1 << 3;
+/// The kind of an outcome in the word.
+const KIND: u64 = 0b11 << 4;
+const SUCCEEDED: u64 = 0;
+const TIMED_OUT: u64 = 1 << 4;
+const CANCELLED: u64 = 2 << 4;
+const ABANDONED: u64 = 3 << 4;
+
+/// The word for an outcome without data, or the outcome back.
+fn encode<P>(outcome: Outcome<P>) -> Result<u64, Outcome<P>> {
+    let (kind, attempts) = match outcome {
+        Outcome::Succeeded { attempts } => (SUCCEEDED, attempts),
+        Outcome::TimedOut { attempts } => (TIMED_OUT, attempts),
+        Outcome::Cancelled { attempts } => (CANCELLED, attempts),
+        Outcome::Abandoned { attempts } => (ABANDONED, attempts),
+        other => return Err(other),
+    };
+    Ok(SENT | kind | (u64::from(attempts) << 32))
+}
+
+fn decode<P>(word: u64) -> Outcome<P> {
+    let attempts = (word >> 32) as u32;
+    match word & KIND {
+        SUCCEEDED => Outcome::Succeeded { attempts },
+        TIMED_OUT => Outcome::TimedOut { attempts },
+        CANCELLED => Outcome::Cancelled { attempts },
+        _ => Outcome::Abandoned { attempts },
+    }
+}
+
+impl<P> Delivery<P> {
+    pub(crate) fn new() -> Self {
+        Delivery {
+            state: AtomicU64::new(0),
+            slow: Mutex::new(Slow {
+                waker: None,
+                outcome: None,
+            }),
+        }
+    }
+
+    fn slow(&self) -> crate::sync::MutexGuard<'_, Slow<P>> {
+        self.slow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands `outcome` to the handle and wakes it; gives the outcome back if
+    /// the handle is gone. Called at most once.
+    pub(crate) fn deliver(&self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
+        let word = match encode(outcome) {
+            Ok(word) => word,
+            Err(outcome) => {
+                self.slow().outcome = Some(Box::new(outcome));
+                SENT | IN_SLOW
             }
         };
-        if let Some(w) = waker {
-            w.wake();
+        // AcqRel: the handle that sees SENT sees what came before (the boxed
+        // outcome); this side sees the waker stored before WAKER was set.
+        let before = self.state.fetch_or(word, Ordering::AcqRel);
+        debug_assert_eq!(before & SENT, 0, "one delivery per cell");
+        if before & GONE != 0 {
+            return Err(match word & IN_SLOW {
+                0 => decode(word),
+                _ => *self.slow().outcome.take().expect("put in above"),
+            });
+        }
+        if before & WAKER != 0 {
+            let waker = self.slow().waker.take();
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
         Ok(())
     }
 
-    /// The handle's poll.
-    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
-        let mut state = lock(&self.delivery);
-        match std::mem::replace(&mut *state, Delivery::Taken) {
-            Delivery::Sent(kept) => Poll::Ready(kept.into()),
-            Delivery::Lost => Poll::Ready(Outcome::Abandoned { attempts: 0 }),
-            Delivery::Waiting(w) => {
-                let w = match w {
-                    Some(w) if w.will_wake(cx.waker()) => w,
-                    _ => cx.waker().clone(),
-                };
-                *state = Delivery::Waiting(Some(w));
-                Poll::Pending
-            }
-            Delivery::Taken | Delivery::HandleGone => {
-                panic!("a JobHandle was polled after it returned its outcome")
-            }
-        }
+    fn take(&self, word: u64) -> Poll<Outcome<P>> {
+        Poll::Ready(match word & IN_SLOW {
+            0 => decode(word),
+            _ => match self.slow().outcome.take() {
+                Some(outcome) => *outcome,
+                None => panic!("a JobHandle was polled after it returned its outcome"),
+            },
+        })
     }
 
-    /// The handle is dropped before its outcome came.
-    pub(crate) fn handle_dropped(&self) {
-        let mut state = lock(&self.delivery);
-        if let Delivery::Waiting(_) = *state {
-            *state = Delivery::HandleGone;
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+        let word = self.state.load(Ordering::Acquire);
+        if word & SENT != 0 {
+            return self.take(word);
         }
+        {
+            let mut slow = self.slow();
+            match &slow.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => slow.waker = Some(cx.waker().clone()),
+            }
+        }
+        // Set after the waker is stored: a delivery that sees WAKER finds it;
+        // one that came first is seen here.
+        let word = self.state.fetch_or(WAKER, Ordering::AcqRel);
+        if word & SENT != 0 {
+            return self.take(word);
+        }
+        Poll::Pending
+    }
+
+    /// The handle is dropped without having taken an outcome: a delivery
+    /// after this gives its outcome back.
+    pub(crate) fn handle_gone(&self) {
+        self.state.fetch_or(GONE, Ordering::AcqRel);
     }
 }
 
@@ -149,7 +190,7 @@ impl<P> Reply<P> {
     pub(crate) fn new() -> (Reply<P>, Arc<ReplyCell<P>>) {
         let cell = Arc::new(ReplyCell {
             cancel: JobCancel::default(),
-            delivery: Mutex::new(Delivery::Waiting(None)),
+            delivery: Delivery::new(),
         });
         (Reply(Some(cell.clone())), cell)
     }
@@ -174,11 +215,7 @@ impl<P> Reply<P> {
         let Some(cell) = self.0.take() else {
             return Err(outcome);
         };
-        cell.deliver(Delivery::Sent(outcome.into()))
-            .map_err(|d| match d {
-                Delivery::Sent(kept) => kept.into(),
-                _ => unreachable!("deliver gives back what it was given"),
-            })
+        cell.delivery.deliver(outcome)
     }
 }
 
@@ -192,7 +229,8 @@ impl<P: Send + 'static> Reply<P> {
 impl<P> Drop for Reply<P> {
     fn drop(&mut self) {
         if let Some(cell) = self.0.take() {
-            let _ = cell.deliver(Delivery::Lost);
+            // Lost: the handle resolves to `Abandoned` with 0 attempts.
+            let _ = cell.delivery.deliver(Outcome::Abandoned { attempts: 0 });
         }
     }
 }
@@ -230,6 +268,79 @@ mod tests {
         cell.handle_dropped();
         let back = reply.send(Outcome::Succeeded { attempts: 1 });
         assert!(matches!(back, Err(Outcome::Succeeded { attempts: 1 })));
+    }
+}
+
+#[cfg(all(test, workpool_loom))]
+mod loom_model {
+    use super::*;
+    use crate::handler::BoxError;
+    use crate::job::Job;
+    use loom::sync::Arc;
+    use loom::thread;
+    use std::future::poll_fn;
+
+    /// The handle waits (its waker stored, then the flag set) while the pool
+    /// delivers: whatever the interleaving, it gets the outcome and is woken
+    /// if it waited (loom reports a handle left asleep as a deadlock).
+    fn handle_gets(outcome: fn() -> Outcome<u8>, check: fn(&Outcome<u8>) -> bool) {
+        loom::model(move || {
+            let d = Arc::new(Delivery::<u8>::new());
+            let pool = {
+                let d = d.clone();
+                thread::spawn(move || d.deliver(outcome()).is_ok())
+            };
+            let got = loom::future::block_on(poll_fn(|cx| d.poll(cx)));
+            assert!(check(&got));
+            assert!(pool.join().unwrap(), "the handle was there to take it");
+        });
+    }
+
+    #[test]
+    fn the_handle_gets_an_outcome_in_the_word() {
+        handle_gets(
+            || Outcome::TimedOut { attempts: 3 },
+            |o| matches!(o, Outcome::TimedOut { attempts: 3 }),
+        );
+    }
+
+    #[test]
+    fn the_handle_gets_an_outcome_with_data() {
+        handle_gets(
+            || Outcome::Failed {
+                error: BoxError::from("boom"),
+                attempts: 2,
+            },
+            |o| matches!(o, Outcome::Failed { attempts: 2, .. }),
+        );
+    }
+
+    /// A handle dropped while a job is handed back unstarted: the job comes
+    /// back to the pool, or it was in the cell before the handle went; never
+    /// both, never neither.
+    #[test]
+    fn a_job_handed_back_to_a_dropped_handle_is_not_lost() {
+        loom::model(|| {
+            let d = Arc::new(Delivery::<u8>::new());
+            let pool = {
+                let d = d.clone();
+                thread::spawn(move || {
+                    let job = Job::with_id(1u64, 7u8);
+                    d.deliver(Outcome::Unstarted { job, attempts: 0 }).err()
+                })
+            };
+            d.handle_gone();
+            let back = pool.join().unwrap();
+            let in_cell = d.slow().outcome.is_some();
+            match back {
+                Some(Outcome::Unstarted { job, .. }) => {
+                    assert_eq!(*job.payload(), 7);
+                    assert!(!in_cell);
+                }
+                Some(_) => panic!("gave back something else"),
+                None => assert!(in_cell),
+            }
+        });
     }
 }
 
