@@ -148,12 +148,16 @@ impl<T> Queue<T> {
     /// wait, until the look finds one.
     #[cfg(test)]
     pub(crate) async fn take(&self, interrupted: impl Fn() -> bool) -> Take<T> {
+        let mut waited = false;
         loop {
             if let Some(item) = self.try_take() {
+                if waited {
+                    self.pass_on();
+                }
                 return Take::Item(item);
             }
             match self.wait(&interrupted).await {
-                Wait::Ready => {}
+                Wait::Ready => waited = true,
                 Wait::Closed => return Take::Closed,
                 Wait::Interrupted => return Take::Interrupted,
             }
@@ -170,6 +174,21 @@ impl<T> Queue<T> {
     pub(crate) async fn wait(&self, interrupted: impl Fn() -> bool) -> Wait {
         match self {
             Queue::Memory(q) => q.wait(interrupted).await,
+        }
+    }
+
+    /// After the first take that follows a [`Wait::Ready`]: if items are
+    /// left, wakes the next waiting taker (unless one is woken already). A
+    /// push does not wake a taker while another woken one has not yet run
+    /// (`Waiters::wake_one_unless_woken`), so a taker that was woken passes
+    /// the wake-up on: items are never left behind one long job.
+    pub(crate) fn pass_on(&self) {
+        match self {
+            Queue::Memory(q) => {
+                if !q.items.is_empty() {
+                    q.pushed.wake_one_unless_woken();
+                }
+            }
         }
     }
 
@@ -250,7 +269,7 @@ impl<T> MemoryQueue<T> {
     fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
         match self.items.push(item) {
             Ok(()) => {
-                self.pushed.wake_one();
+                self.pushed.wake_one_unless_woken();
                 Ok(())
             }
             Err(PushError::Full(item)) => Err(PushFail::Full(item)),

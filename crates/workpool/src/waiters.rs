@@ -20,6 +20,11 @@
 //! pair; `tests` below, the queue's two-thread test and the pool's
 //! backpressure and chaos tests exercise it.
 //!
+//! Beside the unwoken listeners the word counts the woken ones that have not
+//! yet run, so that a push can leave the idle workers asleep while one woken
+//! earlier is on its way (`wake_one_unless_woken`, and `Queue::pass_on` for
+//! the next one).
+//!
 //! A listener is made only when a push finds the queue full or a worker finds
 //! it empty, not per job, so each gets a small allocation of its own and the
 //! list is a plain locked deque (removing an unwoken listener searches it:
@@ -28,7 +33,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -36,11 +41,19 @@ use crate::shared::lock;
 
 #[derive(Default)]
 pub(crate) struct Waiters {
-    /// Listeners in `list` (registered, not yet woken). Written under the
-    /// list's lock; read without it by [`Waiters::wake_one`].
-    unwoken: AtomicUsize,
+    /// Two counts in one word, read together without the lock by the
+    /// wake-ups: in the low half ([`UNWOKEN`]) the listeners in `list`
+    /// (registered, not yet woken), changed under the list's lock; in the
+    /// high half (units of [`WOKEN`]) the listeners woken that have not yet
+    /// seen it (polled ready, or dropped and passed it on).
+    counts: AtomicU64,
     list: Mutex<VecDeque<Arc<Waiter>>>,
 }
+
+/// One woken listener not yet run, in [`Waiters::counts`].
+const WOKEN: u64 = 1 << 32;
+/// The unwoken listeners, in [`Waiters::counts`].
+const UNWOKEN: u64 = WOKEN - 1;
 
 /// One listener's wake-up.
 #[derive(Default)]
@@ -83,7 +96,23 @@ impl Waiters {
     ///
     /// Returns whether a listener was woken.
     pub(crate) fn wake_one(&self) -> bool {
-        self.unwoken.load(Ordering::SeqCst) > 0 && self.wake_first()
+        self.counts.load(Ordering::SeqCst) & UNWOKEN > 0 && self.wake_first()
+    }
+
+    /// As [`Waiters::wake_one`], but wakes nobody while a listener woken
+    /// earlier has not yet run. For takers only, and only if every taker that
+    /// sees its wake-up takes and then, finding more items, wakes the next
+    /// (`Queue::pass_on`): the one already woken takes this item (or another
+    /// taker does). Each wake-up of an idle task is a scheduler round trip;
+    /// when the submitter is the slower side, waking a new worker per push
+    /// kept half the workers cycling through sleep (see `queue.rs`).
+    ///
+    /// Ordering: a push that sees a woken listener here read the count before
+    /// that listener's `SeqCst` decrement; the listener takes after it, so its
+    /// take sees the push (the same pair as [`Waiters::wake_one`]'s).
+    pub(crate) fn wake_one_unless_woken(&self) -> bool {
+        let counts = self.counts.load(Ordering::SeqCst);
+        counts & UNWOKEN > 0 && counts < WOKEN && self.wake_first()
     }
 
     #[cold]
@@ -91,7 +120,10 @@ impl Waiters {
         let first = {
             let mut list = lock(&self.list);
             let first = list.pop_front();
-            self.unwoken.store(list.len(), Ordering::Relaxed);
+            if first.is_some() {
+                // One unwoken fewer, one woken more.
+                self.counts.fetch_add(WOKEN - 1, Ordering::SeqCst);
+            }
             first
         };
         match first {
@@ -107,7 +139,8 @@ impl Waiters {
     pub(crate) fn wake_all(&self) {
         let all = {
             let mut list = lock(&self.list);
-            self.unwoken.store(0, Ordering::Relaxed);
+            let n = list.len() as u64;
+            self.counts.fetch_add(n * WOKEN - n, Ordering::SeqCst);
             std::mem::take(&mut *list)
         };
         for w in all {
@@ -122,7 +155,7 @@ impl Waiters {
         {
             let mut list = lock(&self.list);
             list.push_back(waiter.clone());
-            self.unwoken.store(list.len(), Ordering::SeqCst);
+            self.counts.fetch_add(1, Ordering::SeqCst);
         }
         fence(Ordering::SeqCst);
         Listener {
@@ -132,9 +165,24 @@ impl Waiters {
         }
     }
 
+    /// A woken listener saw its wake-up (or passes it on).
+    fn seen(&self) {
+        self.counts.fetch_sub(WOKEN, Ordering::SeqCst);
+    }
+
     #[cfg(test)]
     fn listening(&self) -> usize {
         lock(&self.list).len()
+    }
+
+    #[cfg(test)]
+    fn unwoken(&self) -> u64 {
+        self.counts.load(Ordering::Relaxed) & UNWOKEN
+    }
+
+    #[cfg(test)]
+    fn woken(&self) -> u64 {
+        self.counts.load(Ordering::Relaxed) / WOKEN
     }
 }
 
@@ -156,7 +204,10 @@ impl Future for Listener<'_> {
         let mut state = lock(&self.waiter.0);
         if state.woken {
             drop(state);
-            self.seen = true;
+            if !self.seen {
+                self.seen = true;
+                self.waiters.seen();
+            }
             return Poll::Ready(());
         }
         match &mut state.waker {
@@ -175,11 +226,12 @@ impl Drop for Listener<'_> {
         let mut list = lock(&self.waiters.list);
         if let Some(i) = list.iter().position(|w| Arc::ptr_eq(w, &self.waiter)) {
             list.remove(i);
-            self.waiters.unwoken.store(list.len(), Ordering::Relaxed);
+            self.waiters.counts.fetch_sub(1, Ordering::SeqCst);
         } else {
             // Out of the list: a waker took it and has woken it (or is about
             // to). That wake-up was meant for a listener: pass it on.
             drop(list);
+            self.waiters.seen();
             self.waiters.wake_first();
         }
     }
@@ -221,7 +273,7 @@ mod tests {
         assert!(poll_once(&mut second).is_pending());
         drop(second);
         assert_eq!(w.listening(), 0);
-        assert_eq!(w.unwoken.load(Ordering::Relaxed), 0);
+        assert_eq!(w.unwoken(), 0);
     }
 
     #[test]
@@ -253,7 +305,44 @@ mod tests {
         for l in &mut ls {
             assert!(poll_once(l).is_ready());
         }
-        assert_eq!(w.unwoken.load(Ordering::Relaxed), 0);
+        assert_eq!(w.unwoken(), 0);
+    }
+
+    #[test]
+    fn wake_one_unless_woken_waits_for_the_woken_listener_to_run() {
+        let w = Waiters::default();
+        let mut first = w.listen();
+        let mut second = w.listen();
+        assert!(w.wake_one_unless_woken());
+        assert_eq!((w.unwoken(), w.woken()), (1, 1));
+        assert!(!w.wake_one_unless_woken(), "the first has not run yet");
+        assert!(poll_once(&mut second).is_pending());
+        // The first runs: now the next push wakes the second.
+        assert!(poll_once(&mut first).is_ready());
+        assert_eq!(w.woken(), 0);
+        assert!(w.wake_one_unless_woken());
+        assert!(poll_once(&mut second).is_ready());
+        drop((first, second));
+        assert_eq!((w.unwoken(), w.woken()), (0, 0));
+    }
+
+    #[test]
+    fn a_woken_listener_dropped_unseen_leaves_the_counts_right() {
+        let w = Waiters::default();
+        let first = w.listen();
+        let mut second = w.listen();
+        assert!(w.wake_one_unless_woken());
+        // Passed on: the second is woken in its place and counted so.
+        drop(first);
+        assert_eq!((w.unwoken(), w.woken()), (0, 1));
+        assert!(poll_once(&mut second).is_ready());
+        assert_eq!(w.woken(), 0);
+        drop(second);
+        let l = w.listen();
+        w.wake_all();
+        assert_eq!((w.unwoken(), w.woken()), (0, 1));
+        drop(l);
+        assert_eq!((w.unwoken(), w.woken()), (0, 0));
     }
 
     /// The Dekker pair under real threads: a waiter that registers and then

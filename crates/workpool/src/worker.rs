@@ -248,6 +248,8 @@ enum Verdict {
 
 impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
     async fn run(mut self) {
+        // The last wait ended ready: the next take passes the wake-up on.
+        let mut waited = false;
         loop {
             // The one place a worker yields its thread between jobs.
             self.until_yield -= 1;
@@ -266,7 +268,11 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 // Then round again: a wake-up counts towards the next yield,
                 // and the retire check comes first.
                 match shared.queue.wait(|| shared.over_target()).await {
-                    Wait::Ready | Wait::Interrupted => continue,
+                    Wait::Ready => {
+                        waited = true;
+                        continue;
+                    }
+                    Wait::Interrupted => continue,
                     Wait::Closed => {
                         shared
                             .live
@@ -275,6 +281,13 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                     }
                 }
             };
+            if waited {
+                // Woken (or found an item at once): if more are left, the
+                // next idle worker is woken, as a push would have done had
+                // this worker not been woken already (`Queue::pass_on`).
+                waited = false;
+                shared.queue.pass_on();
+            }
             // A submitter this worker woke (its take made room) sits in this
             // thread's LIFO slot, which other threads cannot steal: it runs
             // only when this worker yields. So yield once the queue is down to

@@ -104,3 +104,36 @@ async fn a_waiting_submitter_refills_the_queue_before_it_runs_dry() {
         "the queue ran dry while the submitter still had jobs (fewest queued behind a starting job: {fewest})"
     );
 }
+
+/// A push wakes no idle worker while one it woke earlier has not yet run
+/// (each wake-up is a trip through the scheduler); the woken worker, having
+/// taken, wakes the next if more is queued. Here both jobs are pushed before
+/// the first woken worker runs, and that worker takes a job that never ends:
+/// the second job must still run, on the other worker.
+#[tokio::test(start_paused = true)]
+async fn a_job_pushed_while_a_woken_worker_has_not_yet_run_is_not_left_behind_it() {
+    let pool: Pool<&'static str> = Pool::builder()
+        .workers(2)
+        .build(|job: Job<&'static str>, _ctx| async move {
+            if *job.payload() == "never ends" {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    // Both workers find the queue empty and wait (paused time: the sleep
+    // ends once every task is idle).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Two submits without a yield between: on this one-thread runtime no
+    // worker runs before both are in.
+    let never = pool.submit(Job::with_id(1u64, "never ends")).await.unwrap();
+    let second = pool.submit(Job::with_id(2u64, "quick")).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), second).await;
+    assert!(
+        matches!(outcome, Ok(workpool::Outcome::Succeeded { .. })),
+        "the second job waited behind the one that never ends"
+    );
+    drop(never);
+    let report = pool.shutdown(Duration::from_millis(10)).await;
+    assert_eq!(report.stats().succeeded, 1);
+}
