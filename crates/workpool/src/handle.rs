@@ -77,6 +77,7 @@ impl<P> Drop for JobHandle<P> {
 impl<P> Future for JobHandle<P> {
     type Output = Outcome<P>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
         assert!(
             !self.done,

@@ -31,6 +31,7 @@ impl<P> ReplyCell<P> {
 
     /// The handle's poll. Polled again after it returned the outcome, it
     /// may return it again or panic: the handle does not.
+    #[inline]
     pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
         self.delivery.poll(cx)
     }
@@ -116,18 +117,38 @@ impl<P> Delivery<P> {
 
     /// Hands `outcome` to the handle and wakes it; gives the outcome back if
     /// the handle is gone. Called at most once.
+    /// The common case (an outcome in the word, to a handle that has not
+    /// waited and is still there) is inlined; the rest is apart, cold.
+    #[inline]
     pub(crate) fn deliver(&self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
         let word = match encode(outcome) {
             Ok(word) => word,
-            Err(outcome) => {
-                self.slow().outcome = Some(Box::new(outcome));
-                SENT | IN_SLOW
-            }
+            Err(outcome) => return self.deliver_with_data(outcome),
         };
-        // AcqRel: the handle that sees SENT sees what came before (the boxed
-        // outcome); this side sees the waker stored before WAKER was set.
+        // AcqRel: the handle that sees SENT sees what came before; this side
+        // sees the waker stored before WAKER was set.
         let before = self.state.fetch_or(word, Ordering::AcqRel);
         debug_assert_eq!(before & SENT, 0, "one delivery per cell");
+        if before & (GONE | WAKER) == 0 {
+            return Ok(());
+        }
+        self.delivered(before, word)
+    }
+
+    #[cold]
+    fn deliver_with_data(&self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
+        self.slow().outcome = Some(Box::new(outcome));
+        let word = SENT | IN_SLOW;
+        // As in `deliver`; the boxed outcome is published with the word.
+        let before = self.state.fetch_or(word, Ordering::AcqRel);
+        debug_assert_eq!(before & SENT, 0, "one delivery per cell");
+        self.delivered(before, word)
+    }
+
+    /// After the word went in: gives the outcome back if the handle is gone,
+    /// wakes the handle if it waits.
+    #[cold]
+    fn delivered(&self, before: u64, word: u64) -> Result<(), Outcome<P>> {
         if before & GONE != 0 {
             return Err(match word & IN_SLOW {
                 0 => decode(word),
@@ -143,21 +164,35 @@ impl<P> Delivery<P> {
         Ok(())
     }
 
-    fn take(&self, word: u64) -> Poll<Outcome<P>> {
-        Poll::Ready(match word & IN_SLOW {
+    #[inline]
+    fn take(&self, word: u64) -> Outcome<P> {
+        match word & IN_SLOW {
             0 => decode(word),
-            _ => match self.slow().outcome.take() {
-                Some(outcome) => *outcome,
-                None => panic!("a JobHandle was polled after it returned its outcome"),
-            },
-        })
+            _ => self.take_data(),
+        }
     }
 
+    #[cold]
+    fn take_data(&self) -> Outcome<P> {
+        match self.slow().outcome.take() {
+            Some(outcome) => *outcome,
+            None => panic!("a JobHandle was polled after it returned its outcome"),
+        }
+    }
+
+    /// The handle's poll: one load when the outcome is in (inlined), the
+    /// waker stored otherwise.
+    #[inline]
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
         let word = self.state.load(Ordering::Acquire);
         if word & SENT != 0 {
-            return self.take(word);
+            return Poll::Ready(self.take(word));
         }
+        self.wait(cx)
+    }
+
+    #[cold]
+    fn wait(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
         {
             let mut slow = self.slow();
             match &slow.waker {
@@ -169,7 +204,7 @@ impl<P> Delivery<P> {
         // one that came first is seen here.
         let word = self.state.fetch_or(WAKER, Ordering::AcqRel);
         if word & SENT != 0 {
-            return self.take(word);
+            return Poll::Ready(self.take(word));
         }
         Poll::Pending
     }
@@ -211,6 +246,7 @@ impl<P> Reply<P> {
     }
 
     /// Sends the outcome; gives it back if the handle is gone.
+    #[inline]
     pub(crate) fn send(mut self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
         let Some(cell) = self.0.take() else {
             return Err(outcome);
