@@ -258,6 +258,10 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 tokio::task::yield_now().await;
             }
             if self.shared.try_retire() {
+                // Woken for an item it will not take: the next worker takes it.
+                if waited {
+                    self.shared.queue.pass_on();
+                }
                 return;
             }
             let shared = &*self.shared;

@@ -99,3 +99,39 @@ async fn resizing_a_shut_down_pool_is_an_error() {
     pool.shutdown(Duration::ZERO).await;
     assert_eq!(pool.resize(2), Err(ResizeError::Closed));
 }
+
+/// Resizing up and down while jobs keep coming, on two threads: every job
+/// ends, none is left queued while workers sleep (the final wait is bounded,
+/// so a stranded job fails the test instead of hanging it). A stress test
+/// of resizing under load: it did not catch the wake-up pass-on removed
+/// (30 runs each), whose own test is in `fairness.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_ends_while_the_pool_is_resized_up_and_down() {
+    let pool: Pool<u64> = Pool::builder()
+        .workers(4)
+        .queue_capacity(8)
+        .build(|job: Job<u64>, _ctx| async move {
+            if job.payload().is_multiple_of(7) {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let mut handles = Vec::new();
+    for round in 0..300u64 {
+        for i in 0..10 {
+            handles.push(pool.submit(Job::with_id(round * 10 + i, i)).await.unwrap());
+        }
+        pool.resize([1, 6, 2, 5][round as usize % 4]).unwrap();
+    }
+    let all = async {
+        for h in handles {
+            assert!(matches!(h.await, Outcome::Succeeded { .. }));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), all)
+        .await
+        .expect("a job was left behind");
+    let report = pool.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.stats().succeeded, 3_000);
+}
