@@ -117,6 +117,7 @@ impl<P> Delivery<P> {
 
     /// Hands `outcome` to the handle and wakes it; gives the outcome back if
     /// the handle is gone. Called at most once.
+    ///
     /// The common case (an outcome in the word, to a handle that has not
     /// waited and is still there) is inlined; the rest is apart, cold.
     #[inline]
