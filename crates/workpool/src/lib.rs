@@ -74,7 +74,7 @@
 //! returns, with a [`ShutdownReport`]: counts per outcome, the jobs that did
 //! not finish and why, the unstarted jobs themselves so you can store them,
 //! and the time taken. [`Pool::shutdown_without_draining`] hands queued jobs
-//! back at once. With the `signal` feature, [`signal::shutdown_on_signal`]
+//! back at once. With the `signal` feature, `signal::shutdown_on_signal`
 //! does this on SIGINT/SIGTERM, and a second signal cancels at once.
 //!
 //! # Panics, timeouts, cancellation
@@ -106,7 +106,7 @@
 //!
 //! # Features
 //!
-//! - `signal`: [`signal::shutdown_on_signal`].
+//! - `signal`: `signal::shutdown_on_signal` (SIGINT/SIGTERM → shutdown).
 //! - `metrics`: the counter `workpool_jobs_total{outcome}` and the histogram
 //!   `workpool_job_duration_seconds` through the [`metrics`](https://docs.rs/metrics) facade.
 //!

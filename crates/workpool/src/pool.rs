@@ -655,7 +655,8 @@ impl<P: Send + 'static> Pool<P> {
     /// Ends the drain wait of a shutdown in progress at once: running jobs'
     /// signals fire and queued jobs come back, as at the timeout. Called
     /// before any shutdown, it makes the next shutdown skip its drain. This is
-    /// what a second Ctrl-C does in [`signal::shutdown_on_signal`](crate::signal).
+    /// what a second Ctrl-C does in `signal::shutdown_on_signal` (the
+    /// `signal` feature).
     pub fn cancel_running(&self) {
         self.shared().cancel_now.cancel();
     }
