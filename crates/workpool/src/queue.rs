@@ -178,15 +178,16 @@ impl<T> Queue<T> {
     }
 
     /// After the first take that follows a [`Wait::Ready`]: if items are
-    /// left, wakes the next waiting taker (unless one is woken already). A
-    /// push does not wake a taker while another woken one has not yet run
-    /// (`Waiters::wake_one_unless_woken`), so a taker that was woken passes
-    /// the wake-up on: items are never left behind one long job.
+    /// left, wakes the next waiting taker (unless as many woken ones as items
+    /// are on their way already). A push does not wake a taker while enough
+    /// woken ones have not yet run (`Waiters::wake_one_unless_woken`), so a
+    /// taker that was woken passes the wake-up on: items are never left
+    /// behind one long job.
     pub(crate) fn pass_on(&self) {
         match self {
             Queue::Memory(q) => {
                 if !q.items.is_empty() {
-                    q.pushed.wake_one_unless_woken();
+                    q.pushed.wake_one_unless_woken(|| q.items.len());
                 }
             }
         }
@@ -269,7 +270,7 @@ impl<T> MemoryQueue<T> {
     fn try_push(&self, item: T) -> Result<(), PushFail<T>> {
         match self.items.push(item) {
             Ok(()) => {
-                self.pushed.wake_one_unless_woken();
+                self.pushed.wake_one_unless_woken(|| self.items.len());
                 Ok(())
             }
             Err(PushError::Full(item)) => Err(PushFail::Full(item)),

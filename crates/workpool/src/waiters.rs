@@ -21,9 +21,9 @@
 //! backpressure and chaos tests exercise it.
 //!
 //! Beside the unwoken listeners the word counts the woken ones that have not
-//! yet run, so that a push can leave the idle workers asleep while one woken
-//! earlier is on its way (`wake_one_unless_woken`, and `Queue::pass_on` for
-//! the next one).
+//! yet run, so that a push can leave the idle workers asleep while enough
+//! woken earlier are on their way (`wake_one_unless_woken`, and
+//! `Queue::pass_on` for the next one).
 //!
 //! A listener is made only when a push finds the queue full or a worker finds
 //! it empty, not per job, so each gets a small allocation of its own and the
@@ -99,20 +99,31 @@ impl Waiters {
         self.counts.load(Ordering::SeqCst) & UNWOKEN > 0 && self.wake_first()
     }
 
-    /// As [`Waiters::wake_one`], but wakes nobody while a listener woken
-    /// earlier has not yet run. For takers only, and only if every taker that
-    /// sees its wake-up takes and then, finding more items, wakes the next
-    /// (`Queue::pass_on`): the one already woken takes this item (or another
-    /// taker does). Each wake-up of an idle task is a scheduler round trip;
-    /// when the submitter is the slower side, waking a new worker per push
-    /// kept half the workers cycling through sleep (see `queue.rs`).
+    /// As [`Waiters::wake_one`], but wakes nobody while listeners woken
+    /// earlier and not yet run are at least as many as the items `queued()`
+    /// counts (asked only then). For takers only, and only if every taker
+    /// that sees its wake-up takes and then, finding more items, wakes the
+    /// next (`Queue::pass_on`): the ones already woken take these items (or
+    /// other takers do). Each wake-up of an idle task is a scheduler round
+    /// trip; when the submitter is the slower side, waking a new worker per
+    /// push kept half the workers cycling through sleep (see `queue.rs`).
+    /// Counting the items too bounds what waits on a woken worker that is
+    /// slow to run: one held up behind a task that blocks its runtime thread
+    /// holds back one item, not every push after it (`tests/isolation.rs`).
     ///
     /// Ordering: a push that sees a woken listener here read the count before
     /// that listener's `SeqCst` decrement; the listener takes after it, so its
     /// take sees the push (the same pair as [`Waiters::wake_one`]'s).
-    pub(crate) fn wake_one_unless_woken(&self) -> bool {
+    pub(crate) fn wake_one_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
         let counts = self.counts.load(Ordering::SeqCst);
-        counts & UNWOKEN > 0 && counts < WOKEN && self.wake_first()
+        if counts & UNWOKEN == 0 {
+            return false;
+        }
+        let woken = counts / WOKEN;
+        if woken > 0 && queued() as u64 <= woken {
+            return false;
+        }
+        self.wake_first()
     }
 
     #[cold]
@@ -309,20 +320,26 @@ mod tests {
     }
 
     #[test]
-    fn wake_one_unless_woken_waits_for_the_woken_listener_to_run() {
+    fn wake_one_unless_woken_leaves_an_item_to_a_woken_listener_not_yet_run() {
         let w = Waiters::default();
         let mut first = w.listen();
         let mut second = w.listen();
-        assert!(w.wake_one_unless_woken());
-        assert_eq!((w.unwoken(), w.woken()), (1, 1));
-        assert!(!w.wake_one_unless_woken(), "the first has not run yet");
+        let mut third = w.listen();
+        assert!(w.wake_one_unless_woken(|| 1));
+        assert_eq!((w.unwoken(), w.woken()), (2, 1));
+        // One item, one woken listener on its way: nobody else is woken.
+        assert!(!w.wake_one_unless_woken(|| 1), "the first takes it");
         assert!(poll_once(&mut second).is_pending());
-        // The first runs: now the next push wakes the second.
+        // Two items, one woken listener: the next is woken for the second.
+        assert!(w.wake_one_unless_woken(|| 2));
+        assert!(poll_once(&mut second).is_ready());
+        assert_eq!(w.woken(), 1);
+        // The first runs: with none on its way, the next push wakes the third.
         assert!(poll_once(&mut first).is_ready());
         assert_eq!(w.woken(), 0);
-        assert!(w.wake_one_unless_woken());
-        assert!(poll_once(&mut second).is_ready());
-        drop((first, second));
+        assert!(w.wake_one_unless_woken(|| 1));
+        assert!(poll_once(&mut third).is_ready());
+        drop((first, second, third));
         assert_eq!((w.unwoken(), w.woken()), (0, 0));
     }
 
@@ -331,7 +348,7 @@ mod tests {
         let w = Waiters::default();
         let first = w.listen();
         let mut second = w.listen();
-        assert!(w.wake_one_unless_woken());
+        assert!(w.wake_one_unless_woken(|| 1));
         // Passed on: the second is woken in its place and counted so.
         drop(first);
         assert_eq!((w.unwoken(), w.woken()), (0, 1));

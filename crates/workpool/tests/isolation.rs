@@ -180,3 +180,41 @@ async fn the_default_timeout_applies_and_a_jobs_own_wins() {
     assert_eq!(short.await.kind(), OutcomeKind::TimedOut);
     assert_eq!(own.await.kind(), OutcomeKind::Succeeded);
 }
+
+/// An async handler that blocks its runtime thread (a misuse: blocking work
+/// belongs in a blocking handler) stalls that thread's tasks, but not the
+/// pool: jobs submitted meanwhile run on the other thread. (A worker woken
+/// by the blocked job's worker waits behind it, on that thread; the pool
+/// must not count on that worker to take what is queued.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_blocking_its_thread_does_not_stall_the_pool() {
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = std::sync::Arc::new(std::sync::Mutex::new(blocked));
+    let pool: Pool<&'static str> = Pool::builder()
+        .workers(4)
+        .build(move |job: Job<&'static str>, _ctx| {
+            let blocked = blocked.clone();
+            async move {
+                if *job.payload() == "block" {
+                    // Blocks this runtime thread until the test lets go.
+                    let _ = blocked.lock().unwrap().recv();
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .unwrap();
+    // Let every worker find the queue empty and wait.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let block = pool.submit(Job::with_id(0u64, "block")).await.unwrap();
+    for i in 1..=5u64 {
+        let quick = pool.submit(Job::with_id(i, "quick")).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), quick).await;
+        assert!(
+            matches!(outcome, Ok(Outcome::Succeeded { .. })),
+            "job {i} waited behind the blocked thread"
+        );
+    }
+    release.send(()).unwrap();
+    assert!(matches!(block.await, Outcome::Succeeded { .. }));
+    pool.shutdown(Duration::from_secs(5)).await;
+}
