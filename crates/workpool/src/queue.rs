@@ -186,8 +186,9 @@ impl<T> Queue<T> {
     pub(crate) fn pass_on(&self) {
         match self {
             Queue::Memory(q) => {
-                if !q.items.is_empty() {
-                    q.pushed.wake_one_unless_woken(|| q.items.len());
+                let left = q.items.len();
+                if left > 0 {
+                    q.pushed.wake_one_unless_woken(|| left);
                 }
             }
         }

@@ -124,10 +124,10 @@ impl<P> Delivery<P> {
     pub(crate) fn deliver(&self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
         let word = match encode(outcome) {
             Ok(word) => word,
-            Err(outcome) => return self.deliver_with_data(outcome),
+            Err(outcome) => self.stash(outcome),
         };
-        // AcqRel: the handle that sees SENT sees what came before; this side
-        // sees the waker stored before WAKER was set.
+        // AcqRel: the handle that sees SENT sees what came before (a stashed
+        // outcome); this side sees the waker stored before WAKER was set.
         let before = self.state.fetch_or(word, Ordering::AcqRel);
         debug_assert_eq!(before & SENT, 0, "one delivery per cell");
         if before & (GONE | WAKER) == 0 {
@@ -136,14 +136,11 @@ impl<P> Delivery<P> {
         self.delivered(before, word)
     }
 
+    /// Puts an outcome with data behind the lock; the word that says so.
     #[cold]
-    fn deliver_with_data(&self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
+    fn stash(&self, outcome: Outcome<P>) -> u64 {
         self.slow().outcome = Some(Box::new(outcome));
-        let word = SENT | IN_SLOW;
-        // As in `deliver`; the boxed outcome is published with the word.
-        let before = self.state.fetch_or(word, Ordering::AcqRel);
-        debug_assert_eq!(before & SENT, 0, "one delivery per cell");
-        self.delivered(before, word)
+        SENT | IN_SLOW
     }
 
     /// After the word went in: gives the outcome back if the handle is gone,

@@ -1,5 +1,6 @@
 //! The synchronisation primitives of the parts checked under loom (`gate`,
-//! `slot`, a reply cell's `Delivery`): loom's when built with `--cfg workpool_loom`, std's otherwise.
+//! `slot`, a reply cell's `Delivery`): loom's when built with
+//! `--cfg workpool_loom`, std's otherwise.
 
 #[cfg(workpool_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
