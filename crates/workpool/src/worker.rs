@@ -395,8 +395,7 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                 // not finish on its first poll: a quick job never touches them.
                 // A block of its own, so that the handler's future is dropped as soon
                 // as the race is decided, before the outcome is recorded.
-                // When the timer gives up on the job (none if past the clock).
-                let give_up = deadline.and_then(|d| d.checked_add(config.grace));
+                let grace = config.grace;
                 let signals = &self.signals;
                 let result = {
                     // Entered around the call and each poll, as `Instrument` would,
@@ -443,9 +442,14 @@ impl<P: Send + 'static, X: Exec<P>> Worker<P, X> {
                         {
                             return Poll::Ready(None);
                         }
-                        if let Some(d) = give_up {
-                            if timer.is_none() {
-                                timer.set(Some(tokio::time::sleep_until(d)));
+                        if let Some(d) = deadline {
+                            // When the timer gives up on the job (none if past
+                            // the clock), worked out only here: a job that ends
+                            // on its first poll never needs it.
+                            if timer.is_none()
+                                && let Some(give_up) = d.checked_add(grace)
+                            {
+                                timer.set(Some(tokio::time::sleep_until(give_up)));
                             }
                             if let Some(t) = timer.as_mut().as_pin_mut()
                                 && t.poll(cx).is_ready()
