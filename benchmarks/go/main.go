@@ -1,7 +1,8 @@
 // The Go tutorial's worker pool pattern ("Writing a Worker Pool for
 // Production": a buffered channel of 100 jobs, W goroutines ranging over it,
 // a WaitGroup), on the same workloads as the Rust harness. Prints one line
-// per cell: workload,workers,ns_per_job (median of the repetitions).
+// per cell: workload,workers,ns_per_job,cpu_ns_per_job (medians of the
+// repetitions; CPU is the process's user + system time, every thread).
 package main
 
 import (
@@ -11,8 +12,18 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 )
+
+// cpuTime is the process's user + system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 type Job struct {
 	ID      uint64
@@ -97,12 +108,15 @@ func main() {
 	}
 	for _, c := range cells {
 		for _, w := range c.workers {
-			var runs []float64
+			var runs, cpus []float64
 			for r := 0; r < *reps; r++ {
+				before := cpuTime()
 				d := run(c.n, w, c.rounds, c.sleep)
+				used := cpuTime() - before
 				runs = append(runs, float64(d.Nanoseconds())/float64(c.n))
+				cpus = append(cpus, float64(used.Nanoseconds())/float64(c.n))
 			}
-			fmt.Printf("%s,%d,%.1f\n", c.name, w, median(runs))
+			fmt.Printf("%s,%d,%.1f,%.1f\n", c.name, w, median(runs), median(cpus))
 		}
 	}
 }

@@ -143,6 +143,9 @@ pub(crate) struct Cell {
     pub(crate) workers: usize,
     pub(crate) strategy: String,
     pub(crate) ns_per_job: f64,
+    /// The process's CPU time (both cores' busy time, every thread) per job,
+    /// median over the repetitions; `None` where it was not measured.
+    pub(crate) cpu_ns_per_job: Option<f64>,
 }
 
 /// The median of `v` (the middle value; `v` is not empty).
@@ -214,21 +217,32 @@ fn main() {
             // rather than five of one strategy in a row: a slow spell of
             // this shared machine then falls on all of them alike.
             let mut runs = vec![Vec::with_capacity(config.reps); chosen.len()];
+            let mut cpu_runs = vec![Vec::with_capacity(config.reps); chosen.len()];
             for _ in 0..config.reps {
                 for (k, &i) in chosen.iter().enumerate() {
+                    // Around the whole run: a runtime's or pool's start and
+                    // stop are a few hundred microseconds against the
+                    // hundreds of milliseconds of 10^6 jobs.
+                    let cpu = cpu_time::ProcessTime::now();
                     let took = alternatives::run(i, workload, n, w, calibration, config.submitter);
+                    let cpu = cpu.elapsed();
                     runs[k].push(took.as_nanos() as f64 / n as f64);
+                    cpu_runs[k].push(cpu.as_nanos() as f64 / n as f64);
                 }
             }
             for (k, &i) in chosen.iter().enumerate() {
                 let name = STRATEGIES[i];
                 let ns = median(std::mem::take(&mut runs[k]));
-                eprintln!("{workload:?} W={w:<4} {name:<46} {ns:>9.1} ns/job");
+                let cpu = median(std::mem::take(&mut cpu_runs[k]));
+                eprintln!(
+                    "{workload:?} W={w:<4} {name:<46} {ns:>9.1} ns/job  (CPU {cpu:>7.1} ns/job)"
+                );
                 cells.push(Cell {
                     workload,
                     workers: w,
                     strategy: name.to_string(),
                     ns_per_job: ns,
+                    cpu_ns_per_job: Some(cpu),
                 });
             }
         }

@@ -8,7 +8,8 @@ use crate::{Cell, Config, STRATEGIES, WORKPOOL_ROWS};
 
 const GO: &str = "Go tutorial pattern (chan 100 + goroutines)";
 
-/// Reads `workload,workers,ns_per_job` lines written by `benchmarks/go`.
+/// Reads `workload,workers,ns_per_job[,cpu_ns_per_job]` lines written by
+/// `benchmarks/go`.
 pub(crate) fn read_go(path: &str) -> Vec<Cell> {
     let Ok(text) = std::fs::read_to_string(path) else {
         eprintln!("compare: no Go results at {path}");
@@ -29,6 +30,7 @@ pub(crate) fn read_go(path: &str) -> Vec<Cell> {
                 workers: f.next()?.parse().ok()?,
                 strategy: GO.to_string(),
                 ns_per_job: f.next()?.parse().ok()?,
+                cpu_ns_per_job: f.next().and_then(|c| c.parse().ok()),
             })
         })
         .collect()
@@ -71,6 +73,52 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores{mem}; {rustc}")
 }
 
+/// The process's CPU time per job for workload `w`: the ratio is to the
+/// Rust alternative that used the least.
+fn cpu_table(s: &mut String, cells: &[Cell], w: Workload, cols: &[usize]) {
+    let cpu = |st: &str, c: usize| find(cells, w, c, st).and_then(|cell| cell.cpu_ns_per_job);
+    if !STRATEGIES
+        .iter()
+        .any(|st| cols.iter().any(|&c| cpu(st, c).is_some()))
+    {
+        return;
+    }
+    let _ = writeln!(s, "### CPU time per job (both cores, every thread)\n");
+    let _ = write!(s, "| strategy |");
+    for c in cols {
+        let _ = write!(s, " W = {c} |");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| --- |{}", " --- |".repeat(cols.len()));
+    let least: Vec<f64> = cols
+        .iter()
+        .map(|&c| {
+            STRATEGIES[WORKPOOL_ROWS..]
+                .iter()
+                .filter_map(|st| cpu(st, c))
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    for st in STRATEGIES.iter().copied().chain([GO]) {
+        if !cols.iter().any(|&c| cpu(st, c).is_some()) {
+            continue;
+        }
+        let _ = write!(s, "| {st} |");
+        for (k, &c) in cols.iter().enumerate() {
+            match cpu(st, c) {
+                Some(ns) => {
+                    let _ = write!(s, " {:.0} ns · {:.2}× |", ns, ns / least[k]);
+                }
+                None => {
+                    let _ = write!(s, " n/a |");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s);
+}
+
 fn find<'a>(cells: &'a [Cell], w: Workload, workers: usize, strategy: &str) -> Option<&'a Cell> {
     cells
         .iter()
@@ -104,7 +152,7 @@ pub(crate) fn markdown(
     );
     let _ = writeln!(
         s,
-        "Every figure is the median of {} repetitions, taken in turns across the strategies of a column (so that a slow spell of the machine falls on all of them alike), measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; {submitter} Thread-based strategies submit from the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start. workpool (handles) holds every handle until the last job is submitted and then awaits them all (10^6 reply cells alive at once, so the allocator's slow paths and page faults are much of its cost); (handles, 1,000 in flight) awaits each handle once 1,000 newer ones are out, as a service that awaits its results would. On this shared 2-core machine the same binary's wall times swing by up to 50 % from one run to the next; the instruction counts in the notes at the end are the steadier measure of a change.\n",
+        "Every figure is the median of {} repetitions, taken in turns across the strategies of a column (so that a slow spell of the machine falls on all of them alike), measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; {submitter} Thread-based strategies submit from the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). Under the wall-time tables of the CPU-bound workloads, the process's CPU time per job (user + system, every thread: `CLOCK_PROCESS_CPUTIME_ID` around each run, the Go pattern's from `getrusage`), with its ratio to the Rust alternative that used the least: with both cores busy the wall time is about half of it, it does not depend on how the scheduler happened to place the threads in a run, and a strategy whose threads spin while they wait pays for the spinning there. 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start. workpool (handles) holds every handle until the last job is submitted and then awaits them all (10^6 reply cells alive at once, so the allocator's slow paths and page faults are much of its cost); (handles, 1,000 in flight) awaits each handle once 1,000 newer ones are out, as a service that awaits its results would. On this shared 2-core machine the same binary's wall times swing by up to 50 % from one run to the next; the instruction counts in the notes at the end are the steadier measure of a change.\n",
         config.reps,
         submitter = match config.submitter {
             Submitter::Task =>
@@ -166,6 +214,9 @@ pub(crate) fn markdown(
             let _ = writeln!(s);
         }
         let _ = writeln!(s);
+        if w != Workload::Sleep {
+            cpu_table(&mut s, cells, w, &cols);
+        }
     }
     let _ = writeln!(
         s,
@@ -305,7 +356,7 @@ pub(crate) fn cells_from_markdown(text: &str) -> Vec<Cell> {
     let mut in_table = false;
     let mut cols: Vec<usize> = Vec::new();
     for line in text.lines() {
-        if line.starts_with("## ") {
+        if line.starts_with("## ") || line.starts_with("### ") {
             in_table = line == format!("## {}", Workload::Trivial.title());
             continue;
         }
@@ -330,6 +381,7 @@ pub(crate) fn cells_from_markdown(text: &str) -> Vec<Cell> {
                     workers: w,
                     strategy: fields[0].to_string(),
                     ns_per_job: ns,
+                    cpu_ns_per_job: None,
                 });
             }
         }
