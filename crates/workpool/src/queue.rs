@@ -178,17 +178,19 @@ impl<T> Queue<T> {
     }
 
     /// After the first take that follows a [`Wait::Ready`]: if items are
-    /// left, wakes the next waiting taker (unless as many woken ones as items
+    /// left, wakes the next waiting taker (unless as many woken by pushes
     /// are on their way already). A push does not wake a taker while enough
     /// woken ones have not yet run (`Waiters::wake_one_unless_woken`), so a
     /// taker that was woken passes the wake-up on: items are never left
-    /// behind one long job.
+    /// behind one long job. The taker it wakes is not counted as on its way:
+    /// tokio puts it in this thread's LIFO slot, and the job this worker is
+    /// about to run may block the thread (`Waiters::pass_on_unless_woken`).
     pub(crate) fn pass_on(&self) {
         match self {
             Queue::Memory(q) => {
                 let left = q.items.len();
                 if left > 0 {
-                    q.pushed.wake_one_unless_woken(|| left);
+                    q.pushed.pass_on_unless_woken(|| left);
                 }
             }
         }

@@ -20,10 +20,13 @@
 //! pair; `tests` below, the queue's two-thread test and the pool's
 //! backpressure and chaos tests exercise it.
 //!
-//! Beside the unwoken listeners the word counts the woken ones that have not
-//! yet run, so that a push can leave the idle workers asleep while enough
-//! woken earlier are on their way (`wake_one_unless_woken`, and
-//! `Queue::pass_on` for the next one).
+//! Beside the unwoken listeners the word counts the listeners woken by a push
+//! that have not yet run, so that a push can leave the idle workers asleep
+//! while enough woken earlier are on their way (`wake_one_unless_woken`, and
+//! `pass_on_unless_woken` for the next one). Only a push's wake-up is
+//! counted: a pass-on is issued by a worker about to run a job, so tokio
+//! puts the worker it wakes in that thread's LIFO slot, where a job that
+//! blocks the thread would keep it; counted, it held back the next push.
 //!
 //! A listener is made only when a push finds the queue full or a worker finds
 //! it empty, not per job, so each gets a small allocation of its own and the
@@ -33,7 +36,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -44,20 +47,27 @@ pub(crate) struct Waiters {
     /// Two counts in one word, read together without the lock by the
     /// wake-ups: in the low half ([`UNWOKEN`]) the listeners in `list`
     /// (registered, not yet woken), changed under the list's lock; in the
-    /// high half (units of [`WOKEN`]) the listeners woken that have not yet
-    /// seen it (polled ready, or dropped and passed it on).
+    /// high half (units of [`WOKEN`]) the listeners woken by a push that have
+    /// not yet seen it (polled ready, or dropped and passed it on).
     counts: AtomicU64,
     list: Mutex<VecDeque<Arc<Waiter>>>,
 }
 
-/// One woken listener not yet run, in [`Waiters::counts`].
+/// One listener woken by a push and not yet run, in [`Waiters::counts`].
 const WOKEN: u64 = 1 << 32;
 /// The unwoken listeners, in [`Waiters::counts`].
 const UNWOKEN: u64 = WOKEN - 1;
 
 /// One listener's wake-up.
 #[derive(Default)]
-struct Waiter(Mutex<WaiterState>);
+struct Waiter {
+    state: Mutex<WaiterState>,
+    /// Woken by a push, and so counted in [`Waiters::counts`] until seen
+    /// (false for any other wake-up). Set under the list's lock as the
+    /// listener leaves the list, so a listener dropped before its wake-up
+    /// arrives reads it right.
+    counted: AtomicBool,
+}
 
 #[derive(Default)]
 struct WaiterState {
@@ -68,7 +78,7 @@ struct WaiterState {
 impl Waiter {
     fn wake(&self) {
         let waker = {
-            let mut state = lock(&self.0);
+            let mut state = lock(&self.state);
             state.woken = true;
             state.waker.take()
         };
@@ -94,46 +104,65 @@ impl Waiters {
     /// (A one-place ring is the exception: its take makes room at a
     /// `Release` unlock, so the queue fences before that wake-up.)
     ///
-    /// Returns whether a listener was woken.
+    /// Returns whether a listener was woken. The wake-up is not counted as
+    /// one on its way (see [`Waiters::wake_one_unless_woken`]).
     pub(crate) fn wake_one(&self) -> bool {
-        self.counts.load(Ordering::SeqCst) & UNWOKEN > 0 && self.wake_first()
+        self.counts.load(Ordering::SeqCst) & UNWOKEN > 0 && self.wake_first(false)
     }
 
-    /// As [`Waiters::wake_one`], but wakes nobody while listeners woken
-    /// earlier and not yet run are at least as many as the items `queued()`
-    /// counts (asked only then). For takers only, and only if every taker
-    /// that sees its wake-up takes and then, finding more items, wakes the
-    /// next (`Queue::pass_on`): the ones already woken take these items (or
-    /// other takers do). Each wake-up of an idle task is a scheduler round
-    /// trip; when the submitter is the slower side, waking a new worker per
-    /// push kept half the workers cycling through sleep (see `queue.rs`).
+    /// A push's wake-up: as [`Waiters::wake_one`], but wakes nobody while
+    /// listeners woken by earlier pushes and not yet run are at least as many
+    /// as the items `queued()` counts (asked only then), and counts the one
+    /// it wakes as on its way until it runs. For takers only, and only if
+    /// every taker that sees its wake-up takes and then, finding more items,
+    /// wakes the next (`Queue::pass_on`): the ones already woken take these
+    /// items (or other takers do). Each wake-up of an idle task is a scheduler
+    /// round trip; when the submitter is the slower side, waking a new worker
+    /// per push kept half the workers cycling through sleep (see `queue.rs`).
     /// Counting the items too bounds what waits on a woken worker that is
     /// slow to run: one held up behind a task that blocks its runtime thread
-    /// holds back one item, not every push after it (`tests/isolation.rs`).
+    /// holds back one item, not every push after it. A pass-on's wake-up is
+    /// not counted at all (module doc; `tests/isolation.rs`).
     ///
     /// Ordering: a push that sees a woken listener here read the count before
     /// that listener's `SeqCst` decrement; the listener takes after it, so its
     /// take sees the push (the same pair as [`Waiters::wake_one`]'s).
     pub(crate) fn wake_one_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
+        self.enough_woken(queued) == Some(false) && self.wake_first(true)
+    }
+
+    /// A pass-on's wake-up (`Queue::pass_on`): the same test as
+    /// [`Waiters::wake_one_unless_woken`], but the listener it wakes is not
+    /// counted as on its way.
+    pub(crate) fn pass_on_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
+        self.enough_woken(queued) == Some(false) && self.wake_first(false)
+    }
+
+    /// `None` if nobody listens; else whether the listeners woken by pushes
+    /// and not yet run are at least as many as the items queued.
+    #[inline(always)]
+    fn enough_woken(&self, queued: impl FnOnce() -> usize) -> Option<bool> {
         let counts = self.counts.load(Ordering::SeqCst);
         if counts & UNWOKEN == 0 {
-            return false;
+            return None;
         }
         let woken = counts / WOKEN;
-        if woken > 0 && queued() as u64 <= woken {
-            return false;
-        }
-        self.wake_first()
+        Some(woken > 0 && queued() as u64 <= woken)
     }
 
     #[cold]
-    fn wake_first(&self) -> bool {
+    fn wake_first(&self, counted: bool) -> bool {
         let first = {
             let mut list = lock(&self.list);
             let first = list.pop_front();
-            if first.is_some() {
-                // One unwoken fewer, one woken more.
-                self.counts.fetch_add(WOKEN - 1, Ordering::SeqCst);
+            if let Some(w) = &first {
+                w.counted.store(counted, Ordering::Relaxed);
+                if counted {
+                    // One unwoken fewer, one on its way more.
+                    self.counts.fetch_add(WOKEN - 1, Ordering::SeqCst);
+                } else {
+                    self.counts.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             first
         };
@@ -150,8 +179,7 @@ impl Waiters {
     pub(crate) fn wake_all(&self) {
         let all = {
             let mut list = lock(&self.list);
-            let n = list.len() as u64;
-            self.counts.fetch_add(n * WOKEN - n, Ordering::SeqCst);
+            self.counts.fetch_sub(list.len() as u64, Ordering::SeqCst);
             std::mem::take(&mut *list)
         };
         for w in all {
@@ -176,7 +204,7 @@ impl Waiters {
         }
     }
 
-    /// A woken listener saw its wake-up (or passes it on).
+    /// A listener woken by a push saw its wake-up (or passes it on).
     fn seen(&self) {
         self.counts.fetch_sub(WOKEN, Ordering::SeqCst);
     }
@@ -212,12 +240,14 @@ impl Future for Listener<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = lock(&self.waiter.0);
+        let mut state = lock(&self.waiter.state);
         if state.woken {
             drop(state);
             if !self.seen {
                 self.seen = true;
-                self.waiters.seen();
+                if self.waiter.counted.load(Ordering::Relaxed) {
+                    self.waiters.seen();
+                }
             }
             return Poll::Ready(());
         }
@@ -240,10 +270,13 @@ impl Drop for Listener<'_> {
             self.waiters.counts.fetch_sub(1, Ordering::SeqCst);
         } else {
             // Out of the list: a waker took it and has woken it (or is about
-            // to). That wake-up was meant for a listener: pass it on.
+            // to). That wake-up was meant for a listener: pass it on, not
+            // counted (the caller may be about to run a job on this thread).
             drop(list);
-            self.waiters.seen();
-            self.waiters.wake_first();
+            if self.waiter.counted.load(Ordering::Relaxed) {
+                self.waiters.seen();
+            }
+            self.waiters.wake_first(false);
         }
     }
 }
@@ -349,16 +382,43 @@ mod tests {
         let first = w.listen();
         let mut second = w.listen();
         assert!(w.wake_one_unless_woken(|| 1));
-        // Passed on: the second is woken in its place and counted so.
+        assert_eq!((w.unwoken(), w.woken()), (1, 1));
+        // Passed on: the second is woken in its place, not counted (a pass-on).
         drop(first);
-        assert_eq!((w.unwoken(), w.woken()), (0, 1));
+        assert_eq!((w.unwoken(), w.woken()), (0, 0));
         assert!(poll_once(&mut second).is_ready());
         assert_eq!(w.woken(), 0);
         drop(second);
         let l = w.listen();
         w.wake_all();
-        assert_eq!((w.unwoken(), w.woken()), (0, 1));
+        assert_eq!((w.unwoken(), w.woken()), (0, 0));
         drop(l);
+        assert_eq!((w.unwoken(), w.woken()), (0, 0));
+    }
+
+    /// The race behind a stall that `tests/isolation.rs` caught under load: a
+    /// worker's pass-on and a push each see nobody on the way, so both wake
+    /// someone; the pass-on's listener is stuck (tokio put it in the LIFO slot
+    /// of a thread whose job then blocked). Counted, it made the next push of
+    /// one item skip its wake-up, and that item waited for the blocked thread.
+    #[test]
+    fn a_pass_on_that_never_runs_holds_no_push_back() {
+        let w = Waiters::default();
+        let stuck = w.listen();
+        let mut pushed = w.listen();
+        let mut next = w.listen();
+        assert!(w.pass_on_unless_woken(|| 1));
+        assert!(w.wake_one_unless_woken(|| 1));
+        assert_eq!((w.unwoken(), w.woken()), (1, 1));
+        assert!(poll_once(&mut pushed).is_ready());
+        assert_eq!(w.woken(), 0);
+        // `stuck` never runs; the next item's push must still wake someone.
+        assert!(
+            w.wake_one_unless_woken(|| 1),
+            "the push counted on a listener that never runs"
+        );
+        assert!(poll_once(&mut next).is_ready());
+        drop((stuck, pushed, next));
         assert_eq!((w.unwoken(), w.woken()), (0, 0));
     }
 
