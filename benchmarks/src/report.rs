@@ -73,17 +73,15 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores{mem}; {rustc}")
 }
 
-/// The process's CPU time per job for workload `w`: the ratio is to the
-/// Rust alternative that used the least.
-fn cpu_table(s: &mut String, cells: &[Cell], w: Workload, cols: &[usize]) {
-    let cpu = |st: &str, c: usize| find(cells, w, c, st).and_then(|cell| cell.cpu_ns_per_job);
-    if !STRATEGIES
-        .iter()
-        .any(|st| cols.iter().any(|&c| cpu(st, c).is_some()))
-    {
-        return;
-    }
-    let _ = writeln!(s, "### CPU time per job (both cores, every thread)\n");
+/// One table: a row per strategy that has a figure (the Go pattern last), a
+/// column per W, each figure shown by `show` with its ratio to the least of
+/// the Rust alternatives in that column.
+fn ratio_table(
+    s: &mut String,
+    cols: &[usize],
+    value: impl Fn(&str, usize) -> Option<f64>,
+    show: impl Fn(f64, f64) -> String,
+) {
     let _ = write!(s, "| strategy |");
     for c in cols {
         let _ = write!(s, " W = {c} |");
@@ -95,19 +93,19 @@ fn cpu_table(s: &mut String, cells: &[Cell], w: Workload, cols: &[usize]) {
         .map(|&c| {
             STRATEGIES[WORKPOOL_ROWS..]
                 .iter()
-                .filter_map(|st| cpu(st, c))
+                .filter_map(|st| value(st, c))
                 .fold(f64::INFINITY, f64::min)
         })
         .collect();
     for st in STRATEGIES.iter().copied().chain([GO]) {
-        if !cols.iter().any(|&c| cpu(st, c).is_some()) {
+        if !cols.iter().any(|&c| value(st, c).is_some()) {
             continue;
         }
         let _ = write!(s, "| {st} |");
         for (k, &c) in cols.iter().enumerate() {
-            match cpu(st, c) {
-                Some(ns) => {
-                    let _ = write!(s, " {:.0} ns · {:.2}× |", ns, ns / least[k]);
+            match value(st, c) {
+                Some(v) => {
+                    let _ = write!(s, " {} |", show(v, v / least[k]));
                 }
                 None => {
                     let _ = write!(s, " n/a |");
@@ -173,49 +171,23 @@ pub(crate) fn markdown(
             continue;
         }
         let _ = writeln!(s, "## {}\n", w.title());
-        let _ = write!(s, "| strategy |");
-        for c in &cols {
-            let _ = write!(s, " W = {c} |");
-        }
-        let _ = writeln!(s);
-        let _ = writeln!(s, "| --- |{}", " --- |".repeat(cols.len()));
-        let best: Vec<f64> = cols
-            .iter()
-            .map(|&c| {
-                STRATEGIES[WORKPOOL_ROWS..]
-                    .iter()
-                    .filter_map(|st| find(cells, w, c, st))
-                    .map(|c| c.ns_per_job)
-                    .fold(f64::INFINITY, f64::min)
-            })
-            .collect();
-        for st in STRATEGIES.iter().copied().chain([GO]) {
-            if !cols.iter().any(|&c| find(cells, w, c, st).is_some()) {
-                continue;
-            }
-            let _ = write!(s, "| {st} |");
-            for (k, &c) in cols.iter().enumerate() {
-                match find(cells, w, c, st) {
-                    Some(cell) => {
-                        let rate = 1e9 / cell.ns_per_job;
-                        let _ = write!(
-                            s,
-                            " {:.0} ns · {:.2} M/s · {:.2}× |",
-                            cell.ns_per_job,
-                            rate / 1e6,
-                            cell.ns_per_job / best[k]
-                        );
-                    }
-                    None => {
-                        let _ = write!(s, " n/a |");
-                    }
-                }
-            }
-            let _ = writeln!(s);
-        }
-        let _ = writeln!(s);
-        if w != Workload::Sleep {
-            cpu_table(&mut s, cells, w, &cols);
+        ratio_table(
+            &mut s,
+            &cols,
+            |st, c| find(cells, w, c, st).map(|cell| cell.ns_per_job),
+            |ns, ratio| format!("{ns:.0} ns · {:.2} M/s · {ratio:.2}×", 1e3 / ns),
+        );
+        // The process's CPU time per job, where it was measured.
+        let cpu = |st: &str, c: usize| find(cells, w, c, st).and_then(|cell| cell.cpu_ns_per_job);
+        if w != Workload::Sleep
+            && STRATEGIES
+                .iter()
+                .any(|st| cols.iter().any(|&c| cpu(st, c).is_some()))
+        {
+            let _ = writeln!(s, "### CPU time per job (both cores, every thread)\n");
+            ratio_table(&mut s, &cols, cpu, |ns, ratio| {
+                format!("{ns:.0} ns · {ratio:.2}×")
+            });
         }
     }
     let _ = writeln!(

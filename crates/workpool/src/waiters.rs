@@ -128,26 +128,26 @@ impl Waiters {
     /// that listener's `SeqCst` decrement; the listener takes after it, so its
     /// take sees the push (the same pair as [`Waiters::wake_one`]'s).
     pub(crate) fn wake_one_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
-        self.enough_woken(queued) == Some(false) && self.wake_first(true)
+        self.wake_due(queued) && self.wake_first(true)
     }
 
     /// A pass-on's wake-up (`Queue::pass_on`): the same test as
     /// [`Waiters::wake_one_unless_woken`], but the listener it wakes is not
     /// counted as on its way.
     pub(crate) fn pass_on_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
-        self.enough_woken(queued) == Some(false) && self.wake_first(false)
+        self.wake_due(queued) && self.wake_first(false)
     }
 
-    /// `None` if nobody listens; else whether the listeners woken by pushes
-    /// and not yet run are at least as many as the items queued.
+    /// Whether someone listens and the listeners woken by pushes and not
+    /// yet run are fewer than the items queued.
     #[inline(always)]
-    fn enough_woken(&self, queued: impl FnOnce() -> usize) -> Option<bool> {
+    fn wake_due(&self, queued: impl FnOnce() -> usize) -> bool {
         let counts = self.counts.load(Ordering::SeqCst);
         if counts & UNWOKEN == 0 {
-            return None;
+            return false;
         }
         let woken = counts / WOKEN;
-        Some(woken > 0 && queued() as u64 <= woken)
+        woken == 0 || queued() as u64 > woken
     }
 
     #[cold]
