@@ -30,7 +30,7 @@ pub enum CancelReason {
     /// The job's deadline passed.
     Deadline,
     /// Its [`JobHandle::cancel`](crate::JobHandle::cancel) was called.
-    Cancelled,
+    Handle,
     /// The pool is shutting down and its drain timeout passed.
     Shutdown,
 }
@@ -132,7 +132,7 @@ impl JobContext {
             .as_ref()
             .is_some_and(|t| t.job_cancel().is_cancelled())
         {
-            Some(CancelReason::Cancelled)
+            Some(CancelReason::Handle)
         } else if self.signals.cancel.is_cancelled() {
             Some(CancelReason::Shutdown)
         } else {

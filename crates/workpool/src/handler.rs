@@ -19,6 +19,9 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 ///
 /// The error may be any `E: Error + Send + Sync + 'static`, a [`BoxError`], or
 /// anything else that turns into one (`String`, `&'static str`, `anyhow::Error`).
+/// On success it returns its [`Output`](Handler::Output), usually `()`; a
+/// [`JobHandle`](crate::JobHandle) yields it, a detached job drops it after
+/// the outcome hook has seen it.
 ///
 /// # Examples
 ///
@@ -28,14 +31,16 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 /// struct Resize { max_side: u32 }
 ///
 /// impl Handler<bytes::Bytes> for Resize {
+///     type Output = u32;
 ///     type Error = std::io::Error;
-///     async fn call(&self, job: Job, _ctx: JobContext) -> Result<(), std::io::Error> {
-///         let _ = (self.max_side, job.payload().len());
-///         Ok(())
+///     async fn call(&self, job: Job, _ctx: JobContext) -> Result<u32, std::io::Error> {
+///         Ok(self.max_side.min(job.payload().len() as u32))
 ///     }
 /// }
 /// ```
 pub trait Handler<P>: Send + Sync + 'static {
+    /// What a successful attempt returns.
+    type Output: Send + 'static;
     /// The error an attempt may return.
     type Error: Into<BoxError>;
 
@@ -44,21 +49,23 @@ pub trait Handler<P>: Send + Sync + 'static {
         &self,
         job: Job<P>,
         ctx: JobContext,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 }
 
 /// Adapts a closure returning a future into a [`Handler`].
 pub(crate) struct FnHandler<F>(pub(crate) F);
 
-impl<P, F, Fut, E> Handler<P> for FnHandler<F>
+impl<P, F, Fut, T, E> Handler<P> for FnHandler<F>
 where
     F: Fn(Job<P>, JobContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), E>> + Send,
+    Fut: Future<Output = Result<T, E>> + Send,
+    T: Send + 'static,
     E: Into<BoxError>,
 {
+    type Output = T;
     type Error = E;
 
-    fn call(&self, job: Job<P>, ctx: JobContext) -> impl Future<Output = Result<(), E>> + Send {
+    fn call(&self, job: Job<P>, ctx: JobContext) -> impl Future<Output = Result<T, E>> + Send {
         (self.0)(job, ctx)
     }
 }

@@ -30,7 +30,8 @@
 //! A [`Job`] carries an ID, a payload ([`bytes::Bytes`] by default, any
 //! `Send + 'static` type if you choose), and optionally its own timeout and
 //! [`RetryPolicy`]. The handler gets the job and a [`JobContext`] and returns
-//! `Result<(), E>` for any error type.
+//! `Result<T, E>` for any error type: `T` is `()` unless you want a value
+//! back through the job's [`JobHandle`].
 //!
 //! # Backpressure
 //!
@@ -117,45 +118,40 @@
 //! - CPU-bound data parallelism (split a slice, map, reduce): rayon.
 //! - Plain threads with no async runtime: the `threadpool` crate or a
 //!   crossbeam channel.
-//! - Jobs that must survive a crash of the process: workpool's queue is in
-//!   memory today; shutdown hands unstarted jobs back for you to store.
+//! - Jobs that must survive a crash of the process: workpool's store is in
+//!   memory today (durable stores plug in behind the same seam next);
+//!   shutdown hands unstarted jobs back for you to store.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod cancel;
 mod context;
+mod core;
 mod error;
-mod gate;
-mod handle;
 mod handler;
 mod job;
+mod lifecycle;
 mod outcome;
 mod pool;
-mod queue;
-mod reply;
 mod retry;
-mod shared;
-mod shutdown;
 #[cfg(feature = "signal")]
 pub mod signal;
-mod slot;
 mod stats;
+mod store;
 mod sync;
-mod waiters;
 mod worker;
 
 pub use bytes::Bytes;
 
 pub use crate::context::{CancelReason, JobContext};
 pub use crate::error::{BuildError, ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError};
-pub use crate::handle::JobHandle;
 pub use crate::handler::{BoxError, Handler, Permanent, permanent};
 pub use crate::job::{Job, JobId};
-pub use crate::outcome::{Completion, Outcome, OutcomeKind};
-pub use crate::pool::{Pool, PoolBuilder};
+pub use crate::lifecycle::report::ShutdownReport;
+pub use crate::outcome::{Completion, NotFinished, Outcome, OutcomeKind, UnstartedJob};
+pub use crate::pool::{JobHandle, Pool, PoolBuilder};
 pub use crate::retry::RetryPolicy;
-pub use crate::shutdown::{NotFinished, ShutdownReport, UnstartedJob};
 pub use crate::stats::{Failure, Stats};
 
 /// The README's examples, compiled and run as doc tests.

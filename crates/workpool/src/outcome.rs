@@ -9,9 +9,14 @@ use crate::handler::BoxError;
 use crate::job::{Job, JobId};
 
 /// How a job ended. Every accepted job reaches exactly one.
-pub enum Outcome<P = Bytes> {
+///
+/// `T` is what the handler returns on success (`()` unless it returns a
+/// value); a [`JobHandle`](crate::JobHandle) yields it in `Succeeded`.
+pub enum Outcome<P = Bytes, T = ()> {
     /// The handler returned `Ok`.
     Succeeded {
+        /// What the handler returned.
+        value: T,
         /// Attempts made, the successful one included.
         attempts: u32,
     },
@@ -31,6 +36,9 @@ pub enum Outcome<P = Bytes> {
     },
     /// The last attempt passed its deadline.
     TimedOut {
+        /// The error the handler returned after its deadline; `None` when it
+        /// did not stop within the grace period and was given up on.
+        error: Option<BoxError>,
         /// Attempts made.
         attempts: u32,
     },
@@ -57,7 +65,7 @@ pub enum Outcome<P = Bytes> {
     },
 }
 
-impl<P> Outcome<P> {
+impl<P, T> Outcome<P, T> {
     /// The kind of outcome, without its data.
     pub fn kind(&self) -> OutcomeKind {
         match self {
@@ -74,10 +82,10 @@ impl<P> Outcome<P> {
     /// Attempts made.
     pub fn attempts(&self) -> u32 {
         match self {
-            Outcome::Succeeded { attempts }
+            Outcome::Succeeded { attempts, .. }
             | Outcome::Failed { attempts, .. }
             | Outcome::Panicked { attempts, .. }
-            | Outcome::TimedOut { attempts }
+            | Outcome::TimedOut { attempts, .. }
             | Outcome::Cancelled { attempts }
             | Outcome::Unstarted { attempts, .. }
             | Outcome::Abandoned { attempts } => *attempts,
@@ -96,9 +104,44 @@ impl<P> Outcome<P> {
             _ => None,
         }
     }
+
+    /// What the handler returned, if the job succeeded.
+    pub fn into_value(self) -> Option<T> {
+        match self {
+            Outcome::Succeeded { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The error of the last attempt: a failure's, or the one a timed-out
+    /// attempt returned.
+    pub fn error(&self) -> Option<&BoxError> {
+        match self {
+            Outcome::Failed { error, .. } => Some(error),
+            Outcome::TimedOut { error, .. } => error.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The same outcome with the success value dropped: what a caller that
+    /// only counts outcomes needs.
+    pub fn without_value(self) -> Outcome<P> {
+        match self {
+            Outcome::Succeeded { attempts, .. } => Outcome::Succeeded {
+                value: (),
+                attempts,
+            },
+            Outcome::Failed { error, attempts } => Outcome::Failed { error, attempts },
+            Outcome::Panicked { message, attempts } => Outcome::Panicked { message, attempts },
+            Outcome::TimedOut { error, attempts } => Outcome::TimedOut { error, attempts },
+            Outcome::Cancelled { attempts } => Outcome::Cancelled { attempts },
+            Outcome::Unstarted { job, attempts } => Outcome::Unstarted { job, attempts },
+            Outcome::Abandoned { attempts } => Outcome::Abandoned { attempts },
+        }
+    }
 }
 
-impl<P> fmt::Debug for Outcome<P> {
+impl<P, T> fmt::Debug for Outcome<P, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Failed { error, attempts } => f
@@ -116,6 +159,14 @@ impl<P> fmt::Debug for Outcome<P> {
                 .field("job", job)
                 .field("attempts", attempts)
                 .finish(),
+            Outcome::TimedOut {
+                error: Some(error),
+                attempts,
+            } => f
+                .debug_struct("TimedOut")
+                .field("error", &error.to_string())
+                .field("attempts", attempts)
+                .finish(),
             other => f
                 .debug_struct(other.kind().as_str())
                 .field("attempts", &other.attempts())
@@ -124,7 +175,7 @@ impl<P> fmt::Debug for Outcome<P> {
     }
 }
 
-impl<P> fmt::Display for Outcome<P> {
+impl<P, T> fmt::Display for Outcome<P, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Failed { error, attempts } => {
@@ -196,23 +247,78 @@ impl fmt::Display for OutcomeKind {
     }
 }
 
-/// A finished job as the outcome hook sees it: ID, outcome, and time from
-/// the start of its first attempt to its end (zero for a job that never ran).
-pub struct Completion<P = Bytes> {
-    /// The job's ID.
-    pub id: JobId,
-    /// How it ended.
-    pub outcome: Outcome<P>,
-    /// Wall time from the first attempt's start to the outcome.
-    pub duration: Duration,
+/// A finished job as the outcome hook sees it: its ID, its outcome, and the
+/// time from the start of its first attempt to its end (zero for a job that
+/// never ran).
+pub struct Completion<P = Bytes, T = ()> {
+    id: JobId,
+    outcome: Outcome<P, T>,
+    duration: Duration,
 }
 
-impl<P> fmt::Debug for Completion<P> {
+impl<P, T> Completion<P, T> {
+    pub(crate) fn new(id: JobId, outcome: Outcome<P, T>, duration: Duration) -> Self {
+        Completion {
+            id,
+            outcome,
+            duration,
+        }
+    }
+
+    /// The job's ID.
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
+    /// How it ended.
+    pub fn outcome(&self) -> &Outcome<P, T> {
+        &self.outcome
+    }
+
+    /// Wall time from the first attempt's start to the outcome.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    pub(crate) fn into_parts(self) -> (JobId, Outcome<P, T>) {
+        (self.id, self.outcome)
+    }
+}
+
+impl<P, T> fmt::Debug for Completion<P, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completion")
             .field("id", &self.id)
             .field("outcome", &self.outcome)
             .field("duration", &self.duration)
+            .finish()
+    }
+}
+
+/// A job that did not run to an end of its own during shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotFinished {
+    /// The job's ID.
+    pub id: JobId,
+    /// Why: `Cancelled`, `Unstarted` or `Abandoned`.
+    pub outcome: OutcomeKind,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// A job handed back unstarted, with the attempts it had already made.
+pub struct UnstartedJob<P = Bytes> {
+    /// The job, as submitted.
+    pub job: Job<P>,
+    /// Attempts already made (non-zero if it was waiting to retry).
+    pub attempts: u32,
+}
+
+impl<P> fmt::Debug for UnstartedJob<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnstartedJob")
+            .field("job", &self.job)
+            .field("attempts", &self.attempts)
             .finish()
     }
 }

@@ -3,8 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::lifecycle::report::ShutdownReport;
 use crate::pool::Pool;
-use crate::shutdown::ShutdownReport;
 
 /// Which signal arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +89,8 @@ impl Listener {
 /// std::process::exit(signal.exit_code());
 /// # }
 /// ```
-pub async fn shutdown_on_signal<P: Send + 'static>(
-    pool: &Pool<P>,
+pub async fn shutdown_on_signal<P: Send + 'static, T: Send + 'static>(
+    pool: &Pool<P, T>,
     timeout: Duration,
 ) -> io::Result<(Signal, ShutdownReport<P>)> {
     let mut listener = Listener::new()?;

@@ -1,6 +1,7 @@
-//! The synchronisation primitives of the parts checked under loom (`gate`,
-//! `slot`, a reply cell's `Delivery`): loom's when built with
-//! `--cfg workpool_loom`, std's otherwise.
+//! The synchronisation primitives of the parts checked under loom (the
+//! lifecycle gate, a worker's slot, a reply cell's delivery): loom's when
+//! built with `--cfg workpool_loom`, std's otherwise. And `lock`, for the
+//! std mutexes everywhere else.
 
 #[cfg(workpool_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
@@ -11,3 +12,10 @@ pub(crate) use loom::sync::{Mutex, MutexGuard};
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(workpool_loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
+
+/// Locks a std mutex, ignoring poison: every critical section in this crate
+/// leaves its data valid, and user code (hooks, handlers) never runs under
+/// these locks.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

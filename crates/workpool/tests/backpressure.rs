@@ -144,7 +144,7 @@ async fn a_waiting_submit_gets_its_job_back_when_the_pool_closes() {
     drop(gate);
     let s = report.stats();
     assert_eq!(s.accepted, 2);
-    assert_eq!(s.accepted, s.finished());
+    assert_eq!(s.accepted, s.outcomes());
 }
 
 #[tokio::test(start_paused = true)]

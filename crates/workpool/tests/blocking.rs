@@ -41,14 +41,14 @@ async fn a_blocking_handler_sees_its_deadline_through_the_context() {
                 std::thread::sleep(Duration::from_millis(1));
             }
             assert_eq!(ctx.cancel_reason(), Some(CancelReason::Deadline));
-            Err("stopped at the deadline")
+            Err::<(), _>("stopped at the deadline")
         })
         .unwrap();
     let h = pool
         .submit(Job::with_id(1, "x".into()).with_timeout(Duration::from_millis(50)))
         .await
         .unwrap();
-    assert!(matches!(h.await, Outcome::TimedOut { attempts: 1 }));
+    assert!(matches!(h.await, Outcome::TimedOut { attempts: 1, .. }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

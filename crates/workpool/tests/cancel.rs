@@ -43,7 +43,7 @@ async fn a_running_job_sees_its_signal_fire() {
             async move {
                 tx.send(()).unwrap();
                 ctx.cancelled().await;
-                assert_eq!(ctx.cancel_reason(), Some(CancelReason::Cancelled));
+                assert_eq!(ctx.cancel_reason(), Some(CancelReason::Handle));
                 Err::<(), _>("cancelled")
             }
         })

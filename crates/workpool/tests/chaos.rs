@@ -254,7 +254,7 @@ async fn round(seed: u64, submitters: u64, per_submitter: u64, blocking: bool) -
     );
     assert!(stats.rejected <= refused, "seed {seed}");
     assert_eq!(
-        stats.finished(),
+        stats.outcomes(),
         stats.accepted,
         "seed {seed}: accepted = sum of outcomes: {stats:?}"
     );

@@ -52,7 +52,7 @@ async fn counters_recent_failures_and_the_hook_agree() {
         (6, 2, 2, 1, 1)
     );
     assert_eq!((s.queued, s.running, s.rejected), (0, 0, 0));
-    assert_eq!(s.finished(), s.accepted);
+    assert_eq!(s.outcomes(), s.accepted);
 
     // Only the last two failures are kept, each with ID, attempt and text.
     let recent = pool.recent_failures();

@@ -221,7 +221,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
         );
         prop_assert_eq!(stats.rejected, refused.len() as u64);
         prop_assert_eq!(
-            stats.finished(),
+            stats.outcomes(),
             stats.accepted,
             "accepted = sum of outcomes: {:?}",
             stats
@@ -232,8 +232,8 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
             "one hook call per accepted job"
         );
         prop_assert_eq!(
-            pool.stats().finished(),
-            stats.finished(),
+            pool.stats().outcomes(),
+            stats.outcomes(),
             "nothing after the report"
         );
 

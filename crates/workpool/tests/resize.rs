@@ -63,7 +63,7 @@ async fn shrinking_never_interrupts_a_running_job() {
     pool.resize(1).unwrap();
     for h in handles {
         assert!(
-            matches!(h.await, Outcome::Succeeded { attempts: 1 }),
+            matches!(h.await, Outcome::Succeeded { attempts: 1, .. }),
             "running jobs finish"
         );
     }

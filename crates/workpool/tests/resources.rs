@@ -121,7 +121,7 @@ async fn no_task_is_left_behind_after_shutdown() {
         "workers and retry timers are tasks"
     );
     let report = pool.shutdown(Duration::from_millis(100)).await;
-    assert_eq!(report.stats().finished(), 40);
+    assert_eq!(report.stats().outcomes(), 40);
     drop(pool);
     assert!(
         settle(|| metrics.num_alive_tasks() == baseline).await,
@@ -164,7 +164,7 @@ async fn no_thread_is_left_behind_after_shutdown() {
         "blocking handlers run on threads of their own"
     );
     let report = pool.shutdown(Duration::from_millis(100)).await;
-    assert_eq!(report.stats().finished(), 30);
+    assert_eq!(report.stats().outcomes(), 30);
     drop(pool);
     assert!(
         settle(|| ours() == 0).await,

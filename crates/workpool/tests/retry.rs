@@ -37,7 +37,7 @@ async fn a_failing_job_is_retried_until_it_succeeds() {
         RetryPolicy::attempts(5).with_backoff(Duration::from_millis(100), Duration::from_secs(10));
     let pool = flaky(policy, times.clone());
     let h = pool.submit(Job::with_id(1, 3)).await.unwrap();
-    assert!(matches!(h.await, Outcome::Succeeded { attempts: 3 }));
+    assert!(matches!(h.await, Outcome::Succeeded { attempts: 3, .. }));
     let times = times.lock().unwrap().clone();
     assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 3]);
     // Full jitter: each wait is within 0 ..= base * 2^(n-1).
@@ -98,7 +98,7 @@ async fn backoff_delays_are_jittered_below_the_ceiling_across_many_jobs() {
         handles.push(pool.submit(Job::with_id(u64::from(i), i)).await.unwrap());
     }
     for h in handles {
-        assert!(matches!(h.await, Outcome::Succeeded { attempts: 2 }));
+        assert!(matches!(h.await, Outcome::Succeeded { attempts: 2, .. }));
     }
     let retries: Vec<Duration> = times
         .lock()
@@ -213,7 +213,7 @@ async fn a_job_waiting_to_retry_does_not_hold_its_worker() {
         Duration::ZERO,
         "the single worker was free during the backoff"
     );
-    assert!(matches!(flaky.await, Outcome::Succeeded { attempts: 2 }));
+    assert!(matches!(flaky.await, Outcome::Succeeded { attempts: 2, .. }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -256,5 +256,5 @@ async fn each_attempt_gets_a_fresh_copy_of_the_payload() {
         .await
         .unwrap()
         .await;
-    assert!(matches!(out, Outcome::Succeeded { attempts: 3 }), "{out:?}");
+    assert!(matches!(out, Outcome::Succeeded { attempts: 3, .. }), "{out:?}");
 }

@@ -18,10 +18,10 @@ impl Seen {
         let seen = self.0.clone();
         builder.on_outcome(move |c: &Completion<P>| {
             seen.lock().unwrap().push((
-                c.id.clone(),
-                c.outcome.kind(),
-                c.outcome.attempts(),
-                c.duration,
+                c.id().clone(),
+                c.outcome().kind(),
+                c.outcome().attempts(),
+                c.duration(),
             ));
         })
     }

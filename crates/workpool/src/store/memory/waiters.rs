@@ -9,29 +9,18 @@
 //! of the instructions per job. Here a wake-up reads one counter, the number
 //! of listeners not yet woken, and locks only when it is not zero.
 //!
-//! The counter and the condition are a pair of Dekker flags. A listener puts
-//! itself in the list and stores the new count, then (after a `SeqCst` fence)
-//! re-checks the condition. A waker changes the condition with a `SeqCst`
-//! read-modify-write, then reads the count with a `SeqCst` load. In the
-//! single total order of `SeqCst` operations one of the two comes first:
-//! either the listener's re-check finds the change, or the waker finds the
-//! listener and wakes it (or another listener, who then retries in its
-//! place). Loom treats `SeqCst` as acquire-release, so it cannot check this
-//! pair; `tests` below, the queue's two-thread test and the pool's
-//! backpressure and chaos tests exercise it.
-//!
-//! Beside the unwoken listeners the word counts the listeners woken by a push
-//! that have not yet run, so that a push can leave the idle workers asleep
-//! while enough woken earlier are on their way (`wake_one_unless_woken`, and
-//! `pass_on_unless_woken` for the next one). Only a push's wake-up is
-//! counted: a pass-on is issued by a worker about to run a job, so tokio
-//! puts the worker it wakes in that thread's LIFO slot, where a job that
-//! blocks the thread would keep it; counted, it held back the next push.
-//!
-//! A listener is made only when a push finds the queue full or a worker finds
-//! it empty, not per job, so each gets a small allocation of its own and the
-//! list is a plain locked deque (removing an unwoken listener searches it:
-//! at most one entry per waiting task).
+//! The counter and the condition are a pair of Dekker flags, ordered by two
+//! `SeqCst` fences and nothing else. A listener puts itself in the list and
+//! changes the count, then fences, then re-checks the condition. A waker
+//! changes the condition (any atomic write: whatever the ring's own
+//! orderings), then fences, then reads the count. The fences are totally
+//! ordered; by the fence-to-fence rule of the C++/Rust memory model
+//! (`[atomics.fences]`), if the listener's fence comes first the waker's
+//! read sees the listener, and if the waker's comes first the listener's
+//! re-check sees the change. So the pair is correct from the language's
+//! documented guarantees alone, without relying on how the ring orders its
+//! own operations. `tests` below and the store's two-thread test exercise it
+//! under real threads.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -40,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::shared::lock;
+use crate::sync::lock;
 
 #[derive(Default)]
 pub(crate) struct Waiters {
@@ -90,24 +79,14 @@ impl Waiter {
 
 impl Waiters {
     /// Wakes the longest-waiting listener not yet woken, if there is one.
-    /// Call it after changing the condition with a `SeqCst` read-modify-write.
-    ///
-    /// No fence here: the queue's condition changes are already `SeqCst`
-    /// read-modify-writes (concurrent-queue's push moves the tail, and its
-    /// pop the head, with a `SeqCst` compare-exchange before it writes the
-    /// slot), and a listener's re-check reads that tail or head after a
-    /// `SeqCst` fence, treating "moved, slot not yet written" as "try again",
-    /// never as empty or full. So the compare-exchange and this `SeqCst` load
-    /// are the waker's half of the Dekker pair, and on x86 the load is a plain
-    /// `mov`. The `mfence` that was here stalled every push and every take
-    /// until the slot's stores had left the core (a fifth of the samples).
-    /// (A one-place ring is the exception: its take makes room at a
-    /// `Release` unlock, so the queue fences before that wake-up.)
+    /// Call it after changing the condition; it fences before it reads the
+    /// count (module doc).
     ///
     /// Returns whether a listener was woken. The wake-up is not counted as
     /// one on its way (see [`Waiters::wake_one_unless_woken`]).
     pub(crate) fn wake_one(&self) -> bool {
-        self.counts.load(Ordering::SeqCst) & UNWOKEN > 0 && self.wake_first(false)
+        fence(Ordering::SeqCst);
+        self.counts.load(Ordering::Relaxed) & UNWOKEN > 0 && self.wake_first(false)
     }
 
     /// A push's wake-up: as [`Waiters::wake_one`], but wakes nobody while
@@ -115,23 +94,23 @@ impl Waiters {
     /// as the items `queued()` counts (asked only then), and counts the one
     /// it wakes as on its way until it runs. For takers only, and only if
     /// every taker that sees its wake-up takes and then, finding more items,
-    /// wakes the next (`Queue::pass_on`): the ones already woken take these
+    /// wakes the next (`MemoryStore`'s pass-on): the ones already woken take these
     /// items (or other takers do). Each wake-up of an idle task is a scheduler
     /// round trip; when the submitter is the slower side, waking a new worker
-    /// per push kept half the workers cycling through sleep (see `queue.rs`).
+    /// per push kept half the workers cycling through sleep (see `store/memory/mod.rs`).
     /// Counting the items too bounds what waits on a woken worker that is
     /// slow to run: one held up behind a task that blocks its runtime thread
     /// holds back one item, not every push after it. A pass-on's wake-up is
     /// not counted at all (module doc; `tests/isolation.rs`).
     ///
-    /// Ordering: a push that sees a woken listener here read the count before
-    /// that listener's `SeqCst` decrement; the listener takes after it, so its
-    /// take sees the push (the same pair as [`Waiters::wake_one`]'s).
+    /// Ordering: a push that sees a woken listener here fenced before that
+    /// listener's decrement and fence; the listener takes after it, so its
+    /// take sees the push (the same fence pair as [`Waiters::wake_one`]'s).
     pub(crate) fn wake_one_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
         self.wake_due(queued) && self.wake_first(true)
     }
 
-    /// A pass-on's wake-up (`Queue::pass_on`): the same test as
+    /// A pass-on's wake-up (`MemoryStore`'s pass-on): the same test as
     /// [`Waiters::wake_one_unless_woken`], but the listener it wakes is not
     /// counted as on its way.
     pub(crate) fn pass_on_unless_woken(&self, queued: impl FnOnce() -> usize) -> bool {
@@ -142,7 +121,8 @@ impl Waiters {
     /// yet run are fewer than the items queued.
     #[inline(always)]
     fn wake_due(&self, queued: impl FnOnce() -> usize) -> bool {
-        let counts = self.counts.load(Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let counts = self.counts.load(Ordering::Relaxed);
         if counts & UNWOKEN == 0 {
             return false;
         }
@@ -207,6 +187,9 @@ impl Waiters {
     /// A listener woken by a push saw its wake-up (or passes it on).
     fn seen(&self) {
         self.counts.fetch_sub(WOKEN, Ordering::SeqCst);
+        // The listener's half of the pair with `wake_due`: its take comes
+        // after this.
+        fence(Ordering::SeqCst);
     }
 
     #[cfg(test)]
@@ -432,8 +415,8 @@ mod tests {
             let setter = {
                 let (w, flag) = (w.clone(), flag.clone());
                 std::thread::spawn(move || {
-                    // A read-modify-write, as `wake_one` asks.
-                    flag.swap(true, Ordering::SeqCst);
+                    // Any atomic write: the fences order it.
+                    flag.store(true, Ordering::Relaxed);
                     w.wake_one();
                 })
             };

@@ -2,18 +2,20 @@
 
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use std::sync::Arc;
 
-use crate::reply::ReplyCell;
-
+use crate::core::CancelWaiting;
+use crate::core::reply::ReplyCell;
 use crate::job::JobId;
 use crate::outcome::Outcome;
 
-/// Resolves to the job's [`Outcome`]; can cancel the job.
+/// Resolves to the job's [`Outcome`], which on success carries what the
+/// handler returned; can cancel the job.
 ///
 /// Dropping the handle does not cancel the job: it runs on, and its outcome
 /// is still counted and passed to the hook.
@@ -33,40 +35,56 @@ use crate::outcome::Outcome;
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use workpool::{Job, Outcome, Pool};
 ///
-/// let pool = Pool::builder().workers(1).build(|_job: Job, ctx: workpool::JobContext| async move {
-///     ctx.cancelled().await;
-///     Err::<(), _>("cancelled")
+/// let pool = Pool::builder().workers(1).build(|job: Job, _ctx| async move {
+///     Ok::<_, std::io::Error>(job.payload().len())
 /// })?;
-/// let handle = pool.submit(Job::new("slow".into())).await?;
-/// handle.cancel();
-/// assert!(matches!(handle.await, Outcome::Cancelled { .. }));
+/// let handle = pool.submit(Job::new("four".into())).await?;
+/// assert!(matches!(handle.await, Outcome::Succeeded { value: 4, .. }));
 /// # Ok(()) }
 /// ```
 #[must_use = "a JobHandle does nothing unless awaited; dropping it does not cancel the job"]
-pub struct JobHandle<P = Bytes> {
-    pub(crate) id: JobId,
-    pub(crate) cell: Arc<ReplyCell<P>>,
+pub struct JobHandle<P = Bytes, T = ()> {
+    id: JobId,
+    cell: Arc<ReplyCell<P, T>>,
+    ticket: NonZeroU64,
+    pool: Arc<dyn CancelWaiting>,
     /// The outcome was returned: nothing to tell the cell on drop.
-    pub(crate) done: bool,
+    done: bool,
 }
 
-impl<P> JobHandle<P> {
+impl<P, T> JobHandle<P, T> {
+    pub(crate) fn new(
+        id: JobId,
+        cell: Arc<ReplyCell<P, T>>,
+        ticket: NonZeroU64,
+        pool: Arc<dyn CancelWaiting>,
+    ) -> Self {
+        JobHandle {
+            id,
+            cell,
+            ticket,
+            pool,
+            done: false,
+        }
+    }
+
     /// The job's ID.
     pub fn id(&self) -> &JobId {
         &self.id
     }
 
-    /// Cancels this one job. Still queued (or waiting to retry): it never runs
-    /// (again) and ends [`Outcome::Cancelled`]. Running: its
-    /// [`JobContext`](crate::JobContext) signal fires; if it then returns an
-    /// error it ends `Cancelled`, if it returns `Ok` it ends `Succeeded`.
-    /// Already finished: nothing happens.
+    /// Cancels this one job. Still queued or waiting to retry: it never runs
+    /// (again) and the handle resolves to [`Outcome::Cancelled`] at once.
+    /// Running: its [`JobContext`](crate::JobContext) signal fires; if it
+    /// then returns an error it ends `Cancelled`, if it returns `Ok` it ends
+    /// `Succeeded`. Already finished: nothing happens.
     pub fn cancel(&self) {
         self.cell.cancel().cancel();
+        self.pool.cancel_waiting(self.ticket, &self.id);
     }
 }
 
-impl<P> Drop for JobHandle<P> {
+impl<P, T> Drop for JobHandle<P, T> {
     fn drop(&mut self) {
         if !self.done {
             self.cell.handle_dropped();
@@ -74,11 +92,11 @@ impl<P> Drop for JobHandle<P> {
     }
 }
 
-impl<P> Future for JobHandle<P> {
-    type Output = Outcome<P>;
+impl<P, T: 'static> Future for JobHandle<P, T> {
+    type Output = Outcome<P, T>;
 
     #[inline]
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<P, T>> {
         assert!(
             !self.done,
             "a JobHandle was polled after it returned its outcome"
@@ -91,7 +109,9 @@ impl<P> Future for JobHandle<P> {
     }
 }
 
-impl<P> fmt::Debug for JobHandle<P> {
+impl<P, T> Unpin for JobHandle<P, T> {}
+
+impl<P, T> fmt::Debug for JobHandle<P, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobHandle")
             .field("id", &self.id)

@@ -51,7 +51,7 @@ impl<T> Slot<T> {
 #[cfg(all(test, workpool_loom))]
 mod loom_model {
     use super::*;
-    use crate::gate::{Gate, HANDING_BACK, STOPPED};
+    use crate::core::state::{Gate, Lifecycle};
     use loom::sync::Arc;
     use loom::sync::atomic::{AtomicU64, Ordering};
     use loom::thread;
@@ -67,7 +67,7 @@ mod loom_model {
             let worker = {
                 let (gate, slot, outcomes) = (gate.clone(), slot.clone(), outcomes.clone());
                 thread::spawn(move || {
-                    match slot.claim(|| gate.state() >= HANDING_BACK, || 7u32) {
+                    match slot.claim(|| gate.state() >= Lifecycle::HandingBack, || 7u32) {
                         // Refused under the lock: handed back unstarted.
                         Err(_) => {
                             outcomes.fetch_add(1, Ordering::AcqRel);
@@ -82,7 +82,7 @@ mod loom_model {
                 })
             };
             // Shutdown: the state first, then the slots.
-            gate.advance(STOPPED);
+            gate.advance(Lifecycle::Stopped);
             if slot.take().is_some() {
                 outcomes.fetch_add(1, Ordering::AcqRel);
             }
@@ -102,9 +102,9 @@ mod loom_model {
             let slot = Arc::new(Slot::new());
             let worker = {
                 let (gate, slot) = (gate.clone(), slot.clone());
-                thread::spawn(move || slot.claim(|| gate.state() >= HANDING_BACK, || 7u32).is_ok())
+                thread::spawn(move || slot.claim(|| gate.state() >= Lifecycle::HandingBack, || 7u32).is_ok())
             };
-            gate.advance(STOPPED);
+            gate.advance(Lifecycle::Stopped);
             let abandoned = slot.take().is_some();
             let started = worker.join().unwrap();
             assert_eq!(

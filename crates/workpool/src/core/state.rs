@@ -1,4 +1,4 @@
-//! The admission gate: the lifecycle state and the count of admitted jobs in
+//! The lifecycle state, and the admission gate: the lifecycle state and the count of admitted jobs in
 //! one atomic word.
 //!
 //! Every admit and every state change is a read-modify-write of this one
@@ -9,16 +9,35 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// Lifecycle states, in order; the state only moves forward.
-pub(crate) const RUNNING: u8 = 0;
-/// Shutdown called: submissions refused, queue and running jobs finish.
-pub(crate) const DRAINING: u8 = 1;
-/// Shutdown without drain: submissions refused, queued jobs handed back.
-pub(crate) const HANDING_BACK: u8 = 2;
-/// Drain deadline passed: running jobs' signals fired, nothing new starts.
-pub(crate) const CANCELLING: u8 = 3;
-/// Grace period over: what still runs has been abandoned.
-pub(crate) const STOPPED: u8 = 4;
+/// Where the pool is in its life. The state only moves forward, in this
+/// order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Lifecycle {
+    /// Takes jobs and runs them.
+    Running = 0,
+    /// Shutdown called: submissions refused; queued and running jobs finish.
+    Draining = 1,
+    /// Intake stopped (`Pool::stop_intake`, or shutdown without drain):
+    /// submissions refused, nothing more starts, queued jobs are handed back.
+    HandingBack = 2,
+    /// Drain deadline passed: running jobs' signals fired, the store closed.
+    Cancelling = 3,
+    /// Grace period over: what still runs has been abandoned.
+    Stopped = 4,
+}
+
+impl Lifecycle {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Lifecycle::Running,
+            1 => Lifecycle::Draining,
+            2 => Lifecycle::HandingBack,
+            3 => Lifecycle::Cancelling,
+            _ => Lifecycle::Stopped,
+        }
+    }
+}
 
 const SHIFT: u32 = 56;
 const COUNT: u64 = (1 << SHIFT) - 1;
@@ -29,14 +48,14 @@ pub(crate) struct Gate(AtomicU64);
 
 impl Gate {
     pub(crate) fn new() -> Self {
-        Gate(AtomicU64::new(u64::from(RUNNING) << SHIFT))
+        Gate(AtomicU64::new(0))
     }
 
     /// Counts a submission in if the pool is running; otherwise leaves the
     /// count as it was and returns false.
     pub(crate) fn admit(&self) -> bool {
         let before = self.0.fetch_add(1, Ordering::AcqRel);
-        if (before >> SHIFT) as u8 == RUNNING {
+        if (before >> SHIFT) as u8 == Lifecycle::Running as u8 {
             true
         } else {
             self.0.fetch_sub(1, Ordering::AcqRel);
@@ -54,16 +73,17 @@ impl Gate {
         self.0.load(Ordering::Acquire) & COUNT
     }
 
-    /// The state. (Outside the loom models, readers use `Shared::state`, a copy
+    /// The state. (Outside the loom models, readers use `Core::state`, a copy
     /// that submitters do not write.)
     #[allow(dead_code)] // used by the loom models only
-    pub(crate) fn state(&self) -> u8 {
-        (self.0.load(Ordering::Acquire) >> SHIFT) as u8
+    pub(crate) fn state(&self) -> Lifecycle {
+        Lifecycle::from_u8((self.0.load(Ordering::Acquire) >> SHIFT) as u8)
     }
 
     /// Moves the state forward to `to` (never back). Returns the admitted
     /// count at that instant: no later admit succeeds.
-    pub(crate) fn advance(&self, to: u8) -> u64 {
+    pub(crate) fn advance(&self, to: Lifecycle) -> u64 {
+        let to = to as u8;
         let mut current = self.0.load(Ordering::Acquire);
         loop {
             if (current >> SHIFT) as u8 >= to {
@@ -106,7 +126,7 @@ mod loom_model {
                     })
                 })
                 .collect();
-            let counted = gate.advance(DRAINING);
+            let counted = gate.advance(Lifecycle::Draining);
             let after = gate.admit();
             assert!(!after, "admitted after the state change");
             for s in submitters {
@@ -118,7 +138,7 @@ mod loom_model {
                 "shutdown's count is exactly the admitted submissions"
             );
             assert_eq!(gate.admitted(), counted);
-            assert_eq!(gate.state(), DRAINING);
+            assert_eq!(gate.state(), Lifecycle::Draining);
         });
     }
 
@@ -134,10 +154,10 @@ mod loom_model {
                     g.unadmit(); // e.g. the queue was full
                 }
             });
-            gate.advance(CANCELLING);
+            gate.advance(Lifecycle::Cancelling);
             t.join().unwrap();
             assert_eq!(gate.admitted(), 0);
-            assert_eq!(gate.advance(STOPPED), 0);
+            assert_eq!(gate.advance(Lifecycle::Stopped), 0);
         });
     }
 }

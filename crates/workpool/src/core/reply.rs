@@ -6,6 +6,7 @@
 //! cancel signal): with many handles held, the allocator was the largest
 //! cost of the handle path.
 
+use std::any::{Any, TypeId};
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -13,32 +14,34 @@ use crate::cancel::{CancelRef, HoldsCancel, JobCancel};
 use crate::outcome::Outcome;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 
-pub(crate) struct ReplyCell<P> {
+pub(crate) struct ReplyCell<P, T> {
     cancel: JobCancel,
-    delivery: Delivery<P>,
+    delivery: Delivery<P, T>,
 }
 
-impl<P: Send + 'static> HoldsCancel for ReplyCell<P> {
+impl<P: Send + 'static, T: Send + 'static> HoldsCancel for ReplyCell<P, T> {
     fn job_cancel(&self) -> &JobCancel {
         &self.cancel
     }
 }
 
-impl<P> ReplyCell<P> {
+impl<P, T> ReplyCell<P, T> {
     pub(crate) fn cancel(&self) -> &JobCancel {
         &self.cancel
-    }
-
-    /// The handle's poll. Polled again after it returned the outcome, it
-    /// may return it again or panic: the handle does not.
-    #[inline]
-    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
-        self.delivery.poll(cx)
     }
 
     /// The handle is dropped before it took an outcome.
     pub(crate) fn handle_dropped(&self) {
         self.delivery.handle_gone();
+    }
+}
+
+impl<P, T: 'static> ReplyCell<P, T> {
+    /// The handle's poll. Polled again after it returned the outcome, it
+    /// may return it again or panic: the handle does not.
+    #[inline]
+    pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Outcome<P, T>> {
+        self.delivery.poll(cx)
     }
 }
 
@@ -50,17 +53,17 @@ impl<P> ReplyCell<P> {
 /// side, on a cache line that moves between the worker's core and the
 /// submitter's.) An outcome with data (an error, a panic message, a job
 /// handed back) waits boxed behind the lock, and so does the handle's waker.
-pub(crate) struct Delivery<P> {
+pub(crate) struct Delivery<P, T> {
     /// The flags below; for a [`SENT`] outcome without data, its kind and,
     /// in the upper half, its attempts.
     state: AtomicU64,
-    slow: Mutex<Slow<P>>,
+    slow: Mutex<Slow<P, T>>,
 }
 
-struct Slow<P> {
+struct Slow<P, T> {
     waker: Option<Waker>,
     /// An outcome with data (boxed: the cell stays small).
-    outcome: Option<Box<Outcome<P>>>,
+    outcome: Option<Box<Outcome<P, T>>>,
 }
 
 /// The handle's waker is in `slow` (set by the handle after it stored it).
@@ -78,11 +81,23 @@ const TIMED_OUT: u64 = 1 << 4;
 const CANCELLED: u64 = 2 << 4;
 const ABANDONED: u64 = 3 << 4;
 
+/// `()` as a `T`, when `T` is `()`: a success without a value fits in the
+/// word. (A boxed `()` allocates nothing.)
+fn unit<T: 'static>() -> Option<T> {
+    let unit: Box<dyn Any> = Box::new(());
+    unit.downcast::<T>().ok().map(|b| *b)
+}
+
 /// The word for an outcome without data, or the outcome back.
-fn encode<P>(outcome: Outcome<P>) -> Result<u64, Outcome<P>> {
+fn encode<P, T: 'static>(outcome: Outcome<P, T>) -> Result<u64, Outcome<P, T>> {
     let (kind, attempts) = match outcome {
-        Outcome::Succeeded { attempts } => (SUCCEEDED, attempts),
-        Outcome::TimedOut { attempts } => (TIMED_OUT, attempts),
+        Outcome::Succeeded { attempts, .. } if TypeId::of::<T>() == TypeId::of::<()>() => {
+            (SUCCEEDED, attempts)
+        }
+        Outcome::TimedOut {
+            error: None,
+            attempts,
+        } => (TIMED_OUT, attempts),
         Outcome::Cancelled { attempts } => (CANCELLED, attempts),
         Outcome::Abandoned { attempts } => (ABANDONED, attempts),
         other => return Err(other),
@@ -90,17 +105,23 @@ fn encode<P>(outcome: Outcome<P>) -> Result<u64, Outcome<P>> {
     Ok(SENT | kind | (u64::from(attempts) << 32))
 }
 
-fn decode<P>(word: u64) -> Outcome<P> {
+fn decode<P, T: 'static>(word: u64) -> Outcome<P, T> {
     let attempts = (word >> 32) as u32;
     match word & KIND {
-        SUCCEEDED => Outcome::Succeeded { attempts },
-        TIMED_OUT => Outcome::TimedOut { attempts },
+        SUCCEEDED => Outcome::Succeeded {
+            value: unit().expect("only a () success goes in the word"),
+            attempts,
+        },
+        TIMED_OUT => Outcome::TimedOut {
+            error: None,
+            attempts,
+        },
         CANCELLED => Outcome::Cancelled { attempts },
         _ => Outcome::Abandoned { attempts },
     }
 }
 
-impl<P> Delivery<P> {
+impl<P, T> Delivery<P, T> {
     pub(crate) fn new() -> Self {
         Delivery {
             state: AtomicU64::new(0),
@@ -111,17 +132,36 @@ impl<P> Delivery<P> {
         }
     }
 
-    fn slow(&self) -> crate::sync::MutexGuard<'_, Slow<P>> {
+    fn slow(&self) -> crate::sync::MutexGuard<'_, Slow<P, T>> {
         self.slow.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The handle is dropped without having taken an outcome: a delivery
+    /// after this gives its outcome back.
+    pub(crate) fn handle_gone(&self) {
+        self.state.fetch_or(GONE, Ordering::AcqRel);
+    }
+
+    /// The pool's end went away without an outcome: the handle resolves to
+    /// `Abandoned` with 0 attempts.
+    fn lost(&self) {
+        let before = self.state.fetch_or(SENT | ABANDONED, Ordering::AcqRel);
+        if before & (WAKER | GONE) == WAKER
+            && let Some(w) = self.slow().waker.take()
+        {
+            w.wake();
+        }
+    }
+}
+
+impl<P, T: 'static> Delivery<P, T> {
     /// Hands `outcome` to the handle and wakes it; gives the outcome back if
     /// the handle is gone. Called at most once.
     ///
     /// The common case (an outcome in the word, to a handle that has not
     /// waited and is still there) is inlined; the rest is apart, cold.
     #[inline]
-    pub(crate) fn deliver(&self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
+    pub(crate) fn deliver(&self, outcome: Outcome<P, T>) -> Result<(), Outcome<P, T>> {
         let word = match encode(outcome) {
             Ok(word) => word,
             Err(outcome) => self.stash(outcome),
@@ -138,7 +178,7 @@ impl<P> Delivery<P> {
 
     /// Puts an outcome with data behind the lock; the word that says so.
     #[cold]
-    fn stash(&self, outcome: Outcome<P>) -> u64 {
+    fn stash(&self, outcome: Outcome<P, T>) -> u64 {
         self.slow().outcome = Some(Box::new(outcome));
         SENT | IN_SLOW
     }
@@ -146,7 +186,7 @@ impl<P> Delivery<P> {
     /// After the word went in: gives the outcome back if the handle is gone,
     /// wakes the handle if it waits.
     #[cold]
-    fn delivered(&self, before: u64, word: u64) -> Result<(), Outcome<P>> {
+    fn delivered(&self, before: u64, word: u64) -> Result<(), Outcome<P, T>> {
         if before & GONE != 0 {
             return Err(match word & IN_SLOW {
                 0 => decode(word),
@@ -163,7 +203,7 @@ impl<P> Delivery<P> {
     }
 
     #[inline]
-    fn take(&self, word: u64) -> Outcome<P> {
+    fn take(&self, word: u64) -> Outcome<P, T> {
         match word & IN_SLOW {
             0 => decode(word),
             _ => self.take_data(),
@@ -171,7 +211,7 @@ impl<P> Delivery<P> {
     }
 
     #[cold]
-    fn take_data(&self) -> Outcome<P> {
+    fn take_data(&self) -> Outcome<P, T> {
         match self.slow().outcome.take() {
             Some(outcome) => *outcome,
             None => panic!("a JobHandle was polled after it returned its outcome"),
@@ -181,7 +221,7 @@ impl<P> Delivery<P> {
     /// The handle's poll: one load when the outcome is in (inlined), the
     /// waker stored otherwise.
     #[inline]
-    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome<P, T>> {
         let word = self.state.load(Ordering::Acquire);
         if word & SENT != 0 {
             return Poll::Ready(self.take(word));
@@ -190,7 +230,7 @@ impl<P> Delivery<P> {
     }
 
     #[cold]
-    fn wait(&self, cx: &mut Context<'_>) -> Poll<Outcome<P>> {
+    fn wait(&self, cx: &mut Context<'_>) -> Poll<Outcome<P, T>> {
         {
             let mut slow = self.slow();
             match &slow.waker {
@@ -207,36 +247,20 @@ impl<P> Delivery<P> {
         Poll::Pending
     }
 
-    /// The handle is dropped without having taken an outcome: a delivery
-    /// after this gives its outcome back.
-    pub(crate) fn handle_gone(&self) {
-        self.state.fetch_or(GONE, Ordering::AcqRel);
-    }
 }
 
 /// The pool's end of a job's reply cell. Dropped without sending, the handle
 /// resolves to `Abandoned` with 0 attempts.
-pub(crate) struct Reply<P>(Option<Arc<ReplyCell<P>>>);
+pub(crate) struct Reply<P, T>(Option<Arc<ReplyCell<P, T>>>);
 
-impl<P> Reply<P> {
+impl<P, T: 'static> Reply<P, T> {
     /// A new cell: the pool's end, and the cell for the handle.
-    pub(crate) fn new() -> (Reply<P>, Arc<ReplyCell<P>>) {
+    pub(crate) fn new() -> (Reply<P, T>, Arc<ReplyCell<P, T>>) {
         let cell = Arc::new(ReplyCell {
             cancel: JobCancel::default(),
             delivery: Delivery::new(),
         });
         (Reply(Some(cell.clone())), cell)
-    }
-
-    /// No handle: what an envelope carries for a detached job (an `Option`
-    /// around a `Reply` would take 8 more bytes).
-    pub(crate) fn none() -> Self {
-        Reply(None)
-    }
-
-    /// `None` for [`Reply::none`].
-    pub(crate) fn into_option(self) -> Option<Self> {
-        self.0.is_some().then_some(self)
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -245,7 +269,7 @@ impl<P> Reply<P> {
 
     /// Sends the outcome; gives it back if the handle is gone.
     #[inline]
-    pub(crate) fn send(mut self, outcome: Outcome<P>) -> Result<(), Outcome<P>> {
+    pub(crate) fn send(mut self, outcome: Outcome<P, T>) -> Result<(), Outcome<P, T>> {
         let Some(cell) = self.0.take() else {
             return Err(outcome);
         };
@@ -253,18 +277,17 @@ impl<P> Reply<P> {
     }
 }
 
-impl<P: Send + 'static> Reply<P> {
+impl<P: Send + 'static, T: Send + 'static> Reply<P, T> {
     /// The job's cancel signal, for its context and its retry timer.
     pub(crate) fn cancel_ref(&self) -> Option<CancelRef> {
         self.0.as_ref().map(|c| c.clone() as CancelRef)
     }
 }
 
-impl<P> Drop for Reply<P> {
+impl<P, T> Drop for Reply<P, T> {
     fn drop(&mut self) {
         if let Some(cell) = self.0.take() {
-            // Lost: the handle resolves to `Abandoned` with 0 attempts.
-            let _ = cell.delivery.deliver(Outcome::Abandoned { attempts: 0 });
+            cell.delivery.lost();
         }
     }
 }
@@ -276,12 +299,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_handle_gets_the_outcome_sent_before_or_after_it_waits() {
-        let (reply, cell) = Reply::<u8>::new();
-        reply.send(Outcome::Succeeded { attempts: 1 }).ok().unwrap();
+        let (reply, cell) = Reply::<u8, ()>::new();
+        reply.send(Outcome::Succeeded { value: (), attempts: 1 }).ok().unwrap();
         let o = poll_fn(|cx| cell.poll_outcome(cx)).await;
-        assert!(matches!(o, Outcome::Succeeded { attempts: 1 }));
+        assert!(matches!(o, Outcome::Succeeded { attempts: 1, .. }));
 
-        let (reply, cell) = Reply::<u8>::new();
+        let (reply, cell) = Reply::<u8, ()>::new();
         let waiter = tokio::spawn(async move { poll_fn(|cx| cell.poll_outcome(cx)).await });
         tokio::task::yield_now().await;
         reply.send(Outcome::Cancelled { attempts: 2 }).ok().unwrap();
@@ -293,15 +316,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_dropped_unsent_resolves_abandoned_and_a_gone_handle_gives_the_outcome_back() {
-        let (reply, cell) = Reply::<u8>::new();
+        let (reply, cell) = Reply::<u8, ()>::new();
         drop(reply);
         let o = poll_fn(|cx| cell.poll_outcome(cx)).await;
         assert!(matches!(o, Outcome::Abandoned { attempts: 0 }));
 
-        let (reply, cell) = Reply::<u8>::new();
+        let (reply, cell) = Reply::<u8, ()>::new();
         cell.handle_dropped();
-        let back = reply.send(Outcome::Succeeded { attempts: 1 });
-        assert!(matches!(back, Err(Outcome::Succeeded { attempts: 1 })));
+        let back = reply.send(Outcome::Succeeded { value: (), attempts: 1 });
+        assert!(matches!(back, Err(Outcome::Succeeded { attempts: 1, .. })));
     }
 }
 
@@ -319,7 +342,7 @@ mod loom_model {
     /// if it waited (loom reports a handle left asleep as a deadlock).
     fn handle_gets(outcome: fn() -> Outcome<u8>, check: fn(&Outcome<u8>) -> bool) {
         loom::model(move || {
-            let d = Arc::new(Delivery::<u8>::new());
+            let d = Arc::new(Delivery::<u8, ()>::new());
             let pool = {
                 let d = d.clone();
                 thread::spawn(move || d.deliver(outcome()).is_ok())
@@ -333,8 +356,8 @@ mod loom_model {
     #[test]
     fn the_handle_gets_an_outcome_in_the_word() {
         handle_gets(
-            || Outcome::TimedOut { attempts: 3 },
-            |o| matches!(o, Outcome::TimedOut { attempts: 3 }),
+            || Outcome::TimedOut { error: None, attempts: 3 },
+            |o| matches!(o, Outcome::TimedOut { attempts: 3, .. }),
         );
     }
 
@@ -355,7 +378,7 @@ mod loom_model {
     #[test]
     fn a_job_handed_back_to_a_dropped_handle_is_not_lost() {
         loom::model(|| {
-            let d = Arc::new(Delivery::<u8>::new());
+            let d = Arc::new(Delivery::<u8, ()>::new());
             let pool = {
                 let d = d.clone();
                 thread::spawn(move || {
@@ -385,7 +408,7 @@ mod cell_size {
     #[test]
     fn a_reply_cell_is_small() {
         let arc = 2 * size_of::<usize>();
-        assert!(arc + size_of::<super::ReplyCell<[u8; 64]>>() <= 120);
-        assert!(arc + size_of::<super::ReplyCell<[u8; 4096]>>() <= 120);
+        assert!(arc + size_of::<super::ReplyCell<[u8; 64], ()>>() <= 120);
+        assert!(arc + size_of::<super::ReplyCell<[u8; 4096], ()>>() <= 120);
     }
 }

@@ -1,0 +1,192 @@
+//! The store seam: where jobs wait between submit and run.
+//!
+//! A store knows jobs, not workers, handles or the lifecycle. The pool gives
+//! it [`Queued`] jobs and asks for them back one claim at a time per worker;
+//! when an attempt ends, the pool tells the store what became of it. What a
+//! store keeps is data only: the job, its attempts so far, and the pool's
+//! [`Ticket`] (a number; the handle it stands for lives in the pool, see
+//! `core/replies.rs`). So the same seam fits the memory ring here and a
+//! table in SQLite or PostgreSQL, where a claim is an `UPDATE … RETURNING`
+//! and each worker's claim can be served from one batched query.
+//!
+//! The memory store ([`memory::MemoryStore`]) keeps its wake-up logic to
+//! itself; the pool only sees claims that wait.
+
+pub(crate) mod memory;
+
+use std::future::Future;
+use std::num::NonZeroU64;
+
+use tokio::time::Instant;
+
+use crate::job::{Job, JobId};
+use crate::outcome::OutcomeKind;
+
+/// The pool's number for a job submitted with a handle; detached jobs have
+/// none. A store keeps it with the job and gives it back with the claim.
+pub(crate) type Ticket = Option<NonZeroU64>;
+
+/// A job as a store holds it.
+pub(crate) struct Queued<P> {
+    pub(crate) job: Job<P>,
+    /// See [`Ticket`].
+    pub(crate) ticket: Ticket,
+    /// Present only when the job comes back to retry (most jobs never do:
+    /// boxed, the common envelope stays small).
+    pub(crate) retried: Option<Box<Retried>>,
+}
+
+/// What a job coming back to retry carries from its earlier attempts.
+pub(crate) struct Retried {
+    /// Attempts already made.
+    pub(crate) attempts: u32,
+    /// When the first attempt started, if durations are measured.
+    pub(crate) started: Option<Instant>,
+}
+
+impl<P> Queued<P> {
+    /// A job not yet tried.
+    pub(crate) fn new(job: Job<P>, ticket: Ticket) -> Self {
+        Queued {
+            job,
+            ticket,
+            retried: None,
+        }
+    }
+
+    /// A job to be tried again after `attempts`.
+    pub(crate) fn again(
+        job: Job<P>,
+        ticket: Ticket,
+        attempts: u32,
+        started: Option<Instant>,
+    ) -> Self {
+        Queued {
+            job,
+            ticket,
+            retried: Some(Box::new(Retried { attempts, started })),
+        }
+    }
+
+    /// Attempts already made.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.retried.as_ref().map_or(0, |r| r.attempts)
+    }
+
+    /// When the first attempt started, if it did and durations are measured.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.retried.as_ref().and_then(|r| r.started)
+    }
+}
+
+/// Why an enqueue did not happen; the job comes back.
+pub(crate) enum Refused<T> {
+    /// No room now.
+    Full(T),
+    /// No room before the deadline.
+    Timeout(T),
+    /// The store takes no more jobs.
+    Closed(T),
+}
+
+impl<T> Refused<T> {
+    /// What was not enqueued, whatever the reason.
+    pub(crate) fn into_inner(self) -> T {
+        match self {
+            Refused::Full(v) | Refused::Timeout(v) | Refused::Closed(v) => v,
+        }
+    }
+}
+
+/// What a claim found.
+pub(crate) enum Claim<P> {
+    /// A job for this worker, now its own.
+    Job(Queued<P>),
+    /// The caller's `interrupted` check said to stop waiting.
+    Interrupted,
+    /// Closed, and nothing is left or will come.
+    Closed,
+}
+
+/// A place where jobs wait: the seam between submitters and workers.
+///
+/// Every method may be called from any thread. A job is owned by exactly one
+/// side at a time: the store from enqueue until a claim returns it, the
+/// claiming worker until it calls one of [`Store::complete`],
+/// [`Store::retry_at`] or [`Store::release`].
+pub(crate) trait Store<P>: Send + Sync + 'static {
+    /// Per-worker claiming state (for the memory store: its wake-up and
+    /// yield bookkeeping).
+    type Claimer: Send + 'static;
+
+    /// Adds a job if there is room now.
+    fn try_enqueue(&self, job: Queued<P>) -> Result<(), Refused<Queued<P>>>;
+
+    /// Adds a job, waiting for room until `deadline` (forever if `None`).
+    ///
+    /// Cancel safety: dropping the future drops the job with it.
+    fn enqueue(
+        &self,
+        job: Queued<P>,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<(), Refused<Queued<P>>>> + Send;
+
+    /// A worker's claiming state.
+    fn claimer(&self) -> Self::Claimer;
+
+    /// Claims a job for the calling worker if one is ready now, without
+    /// waiting (a durable store may serve it from a batch it fetched).
+    fn try_claim(&self, claimer: &mut Self::Claimer) -> Option<Queued<P>>;
+
+    /// Waits for a job and claims it for the calling worker. `interrupted`
+    /// is asked before the claim sleeps; [`Store::wake_claimers`] makes
+    /// sleeping claims ask again.
+    fn claim(
+        &self,
+        claimer: &mut Self::Claimer,
+        interrupted: impl Fn() -> bool + Send + Sync,
+    ) -> impl Future<Output = Claim<P>> + Send;
+
+    /// Counts one turn of the worker's loop; whether the worker should yield
+    /// its thread before it claims again (so that submitters and other tasks
+    /// on its thread run).
+    fn must_yield(&self, claimer: &mut Self::Claimer) -> bool;
+
+    /// The worker stops claiming for good (it retires).
+    fn leave(&self, claimer: &mut Self::Claimer);
+
+    /// A claimed job reached its outcome (attempt `attempt`). A durable store
+    /// records it, fenced by the attempt number.
+    fn complete(&self, id: &JobId, attempt: u32, outcome: OutcomeKind);
+
+    /// A claimed job failed and runs again at `at`. Gives the job back if the
+    /// store is closed.
+    fn retry_at(&self, job: Queued<P>, at: Instant) -> Result<(), Queued<P>>;
+
+    /// A claimed job will not run now (shutdown). A durable store keeps it
+    /// available and returns `None`; the memory store cannot keep it past
+    /// the process and gives it back to be handed to the caller.
+    fn release(&self, job: Queued<P>) -> Option<Queued<P>>;
+
+    /// The job of `ticket` was cancelled while it waited and has its outcome:
+    /// a store that can drop it now does. (The memory store drops it from the
+    /// retries; one in the ring is skipped when claimed.)
+    fn discard(&self, ticket: std::num::NonZeroU64);
+
+    /// Refuses further enqueues; jobs already in stay claimable. Wakes every
+    /// waiting enqueue and claim.
+    fn close(&self);
+
+    /// Wakes every sleeping claim so it asks its `interrupted` check again.
+    fn wake_claimers(&self);
+
+    /// Takes one job that is still waiting (queued or scheduled), to hand it
+    /// back at shutdown. A durable store keeps its jobs and returns `None`.
+    fn take_left(&self) -> Option<Queued<P>>;
+
+    /// Jobs waiting to be claimed now.
+    fn queued(&self) -> usize;
+
+    /// Jobs waiting for a later time (retries).
+    fn scheduled(&self) -> usize;
+}
