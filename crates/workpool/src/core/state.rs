@@ -52,14 +52,26 @@ impl Gate {
     }
 
     /// Counts a submission in if the pool is running; otherwise leaves the
-    /// count as it was and returns false.
+    /// count as it was and returns false. A compare-exchange, not an add that
+    /// a refusal then undoes: a refused submission never shows in the count,
+    /// so the count shutdown reads once the pool is idle is exactly the jobs
+    /// accepted.
+    #[inline]
     pub(crate) fn admit(&self) -> bool {
-        let before = self.0.fetch_add(1, Ordering::AcqRel);
-        if (before >> SHIFT) as u8 == Lifecycle::Running as u8 {
-            true
-        } else {
-            self.0.fetch_sub(1, Ordering::AcqRel);
-            false
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            if (current >> SHIFT) as u8 != Lifecycle::Running as u8 {
+                return false;
+            }
+            match self.0.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
         }
     }
 
