@@ -77,8 +77,10 @@ pub struct Summary {
     pub counts: HashMap<OutcomeKind, u64>,
     pub skipped: u64,
     /// (record, why) for the first failures.
-    pub first_failures: Vec<(String, String)>,
-    pub not_run: Vec<String>,
+    /// (seq, (record, why)) for the first failures in record order.
+    pub first_failures: Vec<(u64, (String, String))>,
+    /// (seq, record) for the first records not run, in record order.
+    pub not_run: Vec<(u64, String)>,
     pub not_run_total: u64,
     pub halted: bool,
     pub joblog_error: Option<String>,
@@ -129,7 +131,7 @@ impl Summary {
             elapsed,
             parts.join(", ")
         );
-        for (record, why) in &self.first_failures {
+        for (_, (record, why)) in &self.first_failures {
             out.push_str(&format!("  failed: {record}: {why}\n"));
         }
         let failures = self.count(OutcomeKind::Failed) + self.count(OutcomeKind::TimedOut);
@@ -146,7 +148,8 @@ impl Summary {
             } else {
                 String::new()
             };
-            out.push_str(&format!("  not run: {}{more}\n", self.not_run.join(", ")));
+            let shown: Vec<_> = self.not_run.iter().map(|(_, r)| r.as_str()).collect();
+            out.push_str(&format!("  not run: {}{more}\n", shown.join(", ")));
         }
         if self.halted {
             out.push_str("  halted: --halt limit reached\n");
@@ -155,6 +158,16 @@ impl Summary {
             out.push_str(&format!("  job log: {e}\n"));
         }
         out
+    }
+}
+
+/// Keeps the `n` entries of lowest sequence number, in order: outcomes
+/// arrive in any order, the summary lists them in record order.
+fn keep_first<T>(list: &mut Vec<(u64, T)>, entry: (u64, T), n: usize) {
+    let at = list.partition_point(|e| e.0 < entry.0);
+    if at < n {
+        list.insert(at, entry);
+        list.truncate(n);
     }
 }
 
@@ -193,16 +206,20 @@ impl Reporter {
                     *summary.counts.entry(done.kind).or_default() += 1;
                     if matches!(done.kind, OutcomeKind::Failed | OutcomeKind::TimedOut) {
                         failures += 1;
-                        if summary.first_failures.len() < SHOWN {
-                            let record = format!("record {} {}", done.seq, show(&done.record));
-                            summary.first_failures.push((record, self.why(&done)));
-                        }
+                        let record = format!("record {} {}", done.seq, show(&done.record));
+                        keep_first(
+                            &mut summary.first_failures,
+                            (done.seq, (record, self.why(&done))),
+                            SHOWN,
+                        );
                     }
                     if done.kind == OutcomeKind::Unstarted {
                         summary.not_run_total += 1;
-                        if summary.not_run.len() < SHOWN * 2 {
-                            summary.not_run.push(show(&done.record));
-                        }
+                        keep_first(
+                            &mut summary.not_run,
+                            (done.seq, show(&done.record)),
+                            SHOWN * 2,
+                        );
                     }
                     self.log(&mut summary, &done);
                     if let Some(bar) = &self.bar {
@@ -247,9 +264,7 @@ impl Reporter {
 
     fn not_run(&mut self, summary: &mut Summary, seq: u64, record: &[u8]) {
         summary.not_run_total += 1;
-        if summary.not_run.len() < SHOWN * 2 {
-            summary.not_run.push(show(record));
-        }
+        keep_first(&mut summary.not_run, (seq, show(record)), SHOWN * 2);
         let done = Done {
             seq,
             record: record.to_vec(),

@@ -1,11 +1,11 @@
 //! `workpool run`: wires the input reader, the pool, the reporter and the
 //! signals together, and says in what order things stop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncBufRead, BufReader};
@@ -13,7 +13,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use workpool::{
-    BoxError, Completion, Job, JobContext, Outcome, OutcomeKind, Pool, RetryPolicy, permanent,
+    BoxError, Completion, Job, JobContext, Outcome, OutcomeKind, Permanent, Pool, RetryPolicy,
+    permanent,
 };
 
 use crate::cli::{Halt, HaltWhen, RunArgs};
@@ -25,15 +26,32 @@ use crate::report::{Done, Event, Reporter, Stop, progress_bar};
 /// Long enough to mean "no limit" without overflowing a deadline.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// What a job's attempts left for the outcome hook.
-struct AttemptInfo {
-    record: Vec<u8>,
+/// What one attempt of a job left: the command line, when it started, how
+/// long it took, and how the command ended with its output. The handler
+/// returns it (in `Ok`, or inside a [`CommandFailed`] error), so it reaches
+/// the reporter with the job's outcome.
+#[derive(Debug)]
+struct Attempted {
     argv: Vec<OsString>,
     start: SystemTime,
-    ran: Option<Ran>,
-    /// Not started because the run halted.
-    halted: bool,
+    took: Duration,
+    ran: Ran,
 }
+
+/// The error of an attempt whose command did not exit 0 (or did not start).
+#[derive(Debug)]
+struct CommandFailed(Attempted);
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.ran.exit.describe())
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+/// The pool of `workpool run`: records in, attempts out.
+type RunPool = Pool<Vec<u8>, Attempted>;
 
 /// Shared by the handler and the outcome hook.
 struct State {
@@ -41,7 +59,6 @@ struct State {
     kill_after: Duration,
     /// Fired by a second signal: running jobs get SIGKILL at once.
     kill_now: CancellationToken,
-    attempts: Mutex<HashMap<u64, AttemptInfo>>,
     /// Process groups still alive, killed on the way out whatever happened.
     groups: Arc<Mutex<HashSet<i32>>>,
     /// Where each program was found in `PATH`.
@@ -49,24 +66,13 @@ struct State {
     halt: Option<Halt>,
     /// Final failures so far, counted in the outcome hook.
     failures: AtomicU64,
-    /// Set in the outcome hook when --halt's limit is reached. The hook runs
-    /// on the worker before it takes its next job, and the handler checks
-    /// this before starting a command: so no job starts after the limit.
+    /// Set in the outcome hook when --halt's limit is reached.
     halted: AtomicBool,
+    /// The pool, for the hook to stop its intake at the limit. (The pool
+    /// holds the hook, so this is a cycle; the process exits after the run.)
+    pool: OnceLock<RunPool>,
     stop: mpsc::UnboundedSender<Stop>,
 }
-
-/// The error of a job that was not started because the run halted.
-#[derive(Debug)]
-struct Halted;
-
-impl std::fmt::Display for Halted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("not started: the run halted")
-    }
-}
-
-impl std::error::Error for Halted {}
 
 /// Exit status for an interrupted run.
 fn signal_status(kind: SignalKind) -> i32 {
@@ -172,12 +178,12 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         template,
         kill_after: args.kill_after,
         kill_now: CancellationToken::new(),
-        attempts: Mutex::new(HashMap::new()),
         groups: Arc::new(Mutex::new(HashSet::new())),
         programs: command::Programs::default(),
         halt: args.halt,
         failures: AtomicU64::new(0),
         halted: AtomicBool::new(false),
+        pool: OnceLock::new(),
         stop: stop_tx.clone(),
     });
 
@@ -197,19 +203,17 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         builder = builder.default_timeout(t);
     }
     let hook_state = state.clone();
-    let hook_events = events.clone();
     let handler_state = state.clone();
-    let pool: Pool<Vec<u8>> = builder
-        .on_outcome(move |c: &Completion<Vec<u8>>| {
-            let done = done_from(&hook_state, c);
-            check_halt(&hook_state, done.kind);
-            let _ = hook_events.send(Event::Done(Box::new(done)));
+    let pool: RunPool = builder
+        .on_outcome(move |c: &Completion<Vec<u8>, Attempted>| {
+            check_halt(&hook_state, c.outcome().kind());
         })
         .build(move |job: Job<Vec<u8>>, ctx: JobContext| {
             let st = handler_state.clone();
             async move { handle(job, ctx, st).await }
         })
         .map_err(|e| e.to_string())?;
+    let _ = state.pool.set(pool.clone());
 
     let window = args
         .keep_order
@@ -227,9 +231,12 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
 
     // The reader: streams records into the pool, waiting when the queue is full.
     let stop_reading = CancellationToken::new();
+    let (alive_tx, mut alive) = mpsc::channel::<()>(1);
     let reader = tokio::spawn(read_input(ReadInput {
         records: Records::new(input, separator),
         pool: pool.clone(),
+        template: state.template.clone(),
+        alive: alive_tx.clone(),
         events: events.clone(),
         previous,
         resume_mode,
@@ -298,6 +305,10 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     if let Ok(Err(e)) = reader.await {
         input_error.get_or_insert(e);
     }
+    // Each job's handle is awaited by a task of its own, which passes the
+    // outcome on to the reporter; the last one gone closes this channel.
+    drop(alive_tx);
+    let _ = alive.recv().await;
     let _ = events.send(Event::Finish);
     let mut summary = reporter.await.unwrap_or_default();
     summary.halted = state.halted.load(Ordering::SeqCst);
@@ -308,7 +319,11 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    drop(report);
+    // The summary is built from the handles' outcomes, the report from the
+    // pool's counters: one count per job either way.
+    if let Some(mismatch) = disagreement(&summary, report.stats()) {
+        eprintln!("workpool: internal error: the summary and the pool disagree: {mismatch}");
+    }
 
     eprint!("{}", summary.render(started.elapsed()));
     if let Some(e) = input_error {
@@ -320,6 +335,27 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         None if summary.any_failed() || summary.halted => 1,
         None => 0,
     })
+}
+
+/// Where the summary's counts differ from the pool's, if anywhere. Records
+/// the pool refused at shutdown count as not run in the summary and as
+/// rejected, not unstarted, in the pool.
+fn disagreement(summary: &crate::report::Summary, stats: &workpool::Stats) -> Option<String> {
+    let mut off = Vec::new();
+    for kind in OutcomeKind::ALL {
+        let (ours, pool) = (summary.count(kind), stats.count(kind));
+        if kind != OutcomeKind::Unstarted && ours != pool {
+            off.push(format!("{kind}: {ours} vs {pool}"));
+        }
+    }
+    let not_run = summary.not_run_total;
+    if not_run < stats.unstarted {
+        off.push(format!(
+            "not run: {not_run} vs {} unstarted",
+            stats.unstarted
+        ));
+    }
+    (!off.is_empty()).then(|| off.join(", "))
 }
 
 async fn dry_run(input: Input, separator: u8, template: &Template) -> Result<i32, String> {
@@ -343,7 +379,10 @@ async fn dry_run(input: Input, separator: u8, template: &Template) -> Result<i32
 
 struct ReadInput {
     records: Records<Input>,
-    pool: Pool<Vec<u8>>,
+    pool: RunPool,
+    template: Template,
+    /// Held by each task that awaits a job's handle (see `run`).
+    alive: mpsc::Sender<()>,
     events: mpsc::UnboundedSender<Event>,
     previous: Previous,
     resume_mode: Option<ResumeMode>,
@@ -393,11 +432,23 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
             }
         }
         let _ = r.events.send(Event::Submitted(seq));
-        if let Err(refused) = r.pool.submit_detached(Job::with_id(seq, record)).await {
-            let _ = r
-                .events
-                .send(Event::Refused(seq, refused.into_inner().into_payload()));
-            break Ok(());
+        match r.pool.submit(Job::with_id(seq, record.clone())).await {
+            Ok(handle) => {
+                let (events, template, alive) =
+                    (r.events.clone(), r.template.clone(), r.alive.clone());
+                tokio::spawn(async move {
+                    let outcome = handle.await;
+                    let done = done_from(seq, record, outcome, &template);
+                    let _ = events.send(Event::Done(Box::new(done)));
+                    drop(alive);
+                });
+            }
+            Err(refused) => {
+                let _ = r
+                    .events
+                    .send(Event::Refused(seq, refused.into_inner().into_payload()));
+                break Ok(());
+            }
         }
     };
     let _ = r.events.send(Event::InputDone);
@@ -416,6 +467,11 @@ fn check_halt(st: &State, kind: OutcomeKind) {
     }
     let failures = st.failures.fetch_add(1, Ordering::SeqCst) + 1;
     if failures >= halt.failures && !st.halted.swap(true, Ordering::SeqCst) {
+        // The hook runs on the worker before it claims another job: from
+        // here on nothing starts, and queued records come back unstarted.
+        if let Some(pool) = st.pool.get() {
+            pool.stop_intake();
+        }
         let _ = st.stop.send(Stop::Halt(halt.when));
     }
 }
@@ -424,38 +480,26 @@ fn check_halt(st: &State, kind: OutcomeKind) {
 const NUL_RECORD: &str =
     "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
 
-async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<(), BoxError> {
-    let seq = ctx.id().as_u64().unwrap_or(0);
-    // Taken from the queue after the halt: reported as not run.
-    let halted = st.halted.load(Ordering::SeqCst);
+async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<Attempted, BoxError> {
+    let record = job.into_payload();
+    let argv = st.template.argv(&record);
+    let start = SystemTime::now();
+    let began = Instant::now();
     // An argument is a C string: a NUL byte cannot be passed, so say so
     // instead of the OS's "nul byte found".
-    let nul = !halted && job.payload().contains(&0);
-    let argv = if halted {
-        Vec::new()
-    } else {
-        st.template.argv(job.payload())
-    };
-    let not_started = nul.then(|| Ran {
-        exit: command::Exit::NotStarted(NUL_RECORD.into()),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    });
-    lock(&st.attempts).insert(
-        seq,
-        AttemptInfo {
-            record: job.into_payload(),
-            argv: argv.clone(),
-            start: SystemTime::now(),
-            ran: not_started,
-            halted,
-        },
-    );
-    if halted {
-        return Err(permanent(Halted).into());
-    }
-    if nul {
-        return Err(permanent(NUL_RECORD).into());
+    if record.contains(&0) {
+        let ran = Ran {
+            exit: command::Exit::NotStarted(NUL_RECORD.into()),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        let attempted = Attempted {
+            argv,
+            start,
+            took: Duration::ZERO,
+            ran,
+        };
+        return Err(permanent(CommandFailed(attempted)).into());
     }
     let ran = command::run(
         &argv,
@@ -466,50 +510,68 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<()
         &st.programs,
     )
     .await;
-    let result = if ran.exit.success() {
-        Ok(())
-    } else {
-        Err(ran.exit.describe().into())
-    };
-    if let Some(a) = lock(&st.attempts).get_mut(&seq) {
-        a.ran = Some(ran);
-    }
-    result
-}
-
-/// Turns the pool's outcome into the reporter's `Done`, with what the last
-/// attempt left behind.
-fn done_from(st: &State, c: &Completion<Vec<u8>>) -> Done {
-    let seq = c.id.as_u64().unwrap_or(0);
-    let info = lock(&st.attempts).remove(&seq);
-    let halted = info.as_ref().is_some_and(|i| i.halted);
-    let (record, argv, start, ran) = match info {
-        Some(i) if !i.halted => (i.record, i.argv, Some(i.start), i.ran),
-        Some(i) => (i.record, Vec::new(), None, None),
-        None => (Vec::new(), Vec::new(), None, None),
-    };
-    let record = match &c.outcome {
-        Outcome::Unstarted { job, .. } => job.payload().clone(),
-        _ => record,
-    };
-    let (exit, stdout, stderr) = match ran {
-        Some(r) => (Some(r.exit), r.stdout, r.stderr),
-        None => (None, Vec::new(), Vec::new()),
-    };
-    Done {
-        seq,
-        record,
-        kind: if halted {
-            OutcomeKind::Unstarted
-        } else {
-            c.outcome.kind()
-        },
-        attempts: if halted { 0 } else { c.outcome.attempts() },
-        duration: c.duration,
+    let success = ran.exit.success();
+    let attempted = Attempted {
         argv,
         start,
-        exit,
-        stdout,
-        stderr,
+        took: began.elapsed(),
+        ran,
+    };
+    if success {
+        Ok(attempted)
+    } else {
+        Err(Box::new(CommandFailed(attempted)))
     }
+}
+
+/// What the last attempt left, if it left anything: the value of a success,
+/// or the [`CommandFailed`] inside a failure, a timeout or a cancellation.
+fn attempted(outcome: Outcome<Vec<u8>, Attempted>) -> Option<Attempted> {
+    let error = match outcome {
+        Outcome::Succeeded { value, .. } => return Some(value),
+        Outcome::Failed { error, .. } => error,
+        Outcome::TimedOut { error, .. } | Outcome::Cancelled { error, .. } => error?,
+        _ => return None,
+    };
+    let error = match error.downcast::<Permanent>() {
+        Ok(p) => p.into_inner(),
+        Err(e) => e,
+    };
+    error.downcast::<CommandFailed>().ok().map(|f| f.0)
+}
+
+/// Turns a job's outcome into the reporter's `Done`.
+fn done_from(
+    seq: u64,
+    record: Vec<u8>,
+    outcome: Outcome<Vec<u8>, Attempted>,
+    template: &Template,
+) -> Done {
+    let (kind, attempts) = (outcome.kind(), outcome.attempts());
+    let mut done = Done {
+        seq,
+        record,
+        kind,
+        attempts,
+        duration: Duration::ZERO,
+        argv: Vec::new(),
+        start: None,
+        exit: None,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    match attempted(outcome) {
+        Some(a) => {
+            done.argv = a.argv;
+            done.start = Some(a.start);
+            done.duration = a.took;
+            done.exit = Some(a.ran.exit);
+            done.stdout = a.ran.stdout;
+            done.stderr = a.ran.stderr;
+        }
+        // Nothing came back (abandoned, given up on): the command it ran.
+        None if attempts > 0 => done.argv = template.argv(&done.record),
+        None => {}
+    }
+    done
 }

@@ -52,8 +52,12 @@ fn run(dir: &Dir, args: &[&str], input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Output as text. Every run's summary must agree with the pool's own
+/// counts: the CLI says so on stderr when they differ.
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    let t = String::from_utf8_lossy(b).into_owned();
+    assert!(!t.contains("internal error"), "{t}");
+    t
 }
 
 fn joblog(dir: &Dir, f: &str) -> Vec<Value> {

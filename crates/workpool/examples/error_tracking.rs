@@ -59,7 +59,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .on_outcome(|c: &Completion<Kind>| {
             println!(
                 "outcome: job {:<8} {} ({:.0?})",
-                c.id(), c.outcome(), c.duration()
+                c.id(),
+                c.outcome(),
+                c.duration()
             );
         })
         .build(handle)?;

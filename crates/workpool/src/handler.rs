@@ -81,6 +81,11 @@ impl Permanent {
     pub fn into_inner(self) -> BoxError {
         self.0
     }
+
+    /// The wrapped error, by reference (to downcast it).
+    pub fn get_ref(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.0
+    }
 }
 
 impl fmt::Display for Permanent {

@@ -45,6 +45,9 @@ pub enum Outcome<P = Bytes, T = ()> {
     /// The job was cancelled through its handle, or stopped at shutdown after
     /// its signal fired.
     Cancelled {
+        /// The error the handler returned after the signal; `None` when the
+        /// job was cancelled before it ran.
+        error: Option<BoxError>,
         /// Attempts made (0 if it was cancelled before it ran).
         attempts: u32,
     },
@@ -86,7 +89,7 @@ impl<P, T> Outcome<P, T> {
             | Outcome::Failed { attempts, .. }
             | Outcome::Panicked { attempts, .. }
             | Outcome::TimedOut { attempts, .. }
-            | Outcome::Cancelled { attempts }
+            | Outcome::Cancelled { attempts, .. }
             | Outcome::Unstarted { attempts, .. }
             | Outcome::Abandoned { attempts } => *attempts,
         }
@@ -113,12 +116,12 @@ impl<P, T> Outcome<P, T> {
         }
     }
 
-    /// The error of the last attempt: a failure's, or the one a timed-out
-    /// attempt returned.
+    /// The error of the last attempt: a failure's, or the one a timed-out or
+    /// cancelled attempt returned.
     pub fn error(&self) -> Option<&BoxError> {
         match self {
             Outcome::Failed { error, .. } => Some(error),
-            Outcome::TimedOut { error, .. } => error.as_ref(),
+            Outcome::TimedOut { error, .. } | Outcome::Cancelled { error, .. } => error.as_ref(),
             _ => None,
         }
     }
@@ -134,7 +137,7 @@ impl<P, T> Outcome<P, T> {
             Outcome::Failed { error, attempts } => Outcome::Failed { error, attempts },
             Outcome::Panicked { message, attempts } => Outcome::Panicked { message, attempts },
             Outcome::TimedOut { error, attempts } => Outcome::TimedOut { error, attempts },
-            Outcome::Cancelled { attempts } => Outcome::Cancelled { attempts },
+            Outcome::Cancelled { error, attempts } => Outcome::Cancelled { error, attempts },
             Outcome::Unstarted { job, attempts } => Outcome::Unstarted { job, attempts },
             Outcome::Abandoned { attempts } => Outcome::Abandoned { attempts },
         }
@@ -162,8 +165,12 @@ impl<P, T> fmt::Debug for Outcome<P, T> {
             Outcome::TimedOut {
                 error: Some(error),
                 attempts,
+            }
+            | Outcome::Cancelled {
+                error: Some(error),
+                attempts,
             } => f
-                .debug_struct("TimedOut")
+                .debug_struct(self.kind().as_str())
                 .field("error", &error.to_string())
                 .field("attempts", attempts)
                 .finish(),

@@ -28,7 +28,10 @@ async fn a_queued_job_cancelled_through_its_handle_never_runs() {
     let second = pool.submit(Job::with_id(2, 100)).await.unwrap();
     second.cancel();
     assert!(first.await.is_success());
-    assert!(matches!(second.await, Outcome::Cancelled { attempts: 0 }));
+    assert!(matches!(
+        second.await,
+        Outcome::Cancelled { attempts: 0, .. }
+    ));
     assert_eq!(ran.load(Ordering::SeqCst), 1, "the cancelled job never ran");
     assert_eq!(pool.stats().cancelled, 1);
 }
@@ -51,7 +54,7 @@ async fn a_running_job_sees_its_signal_fire() {
     let h = pool.submit(Job::with_id(1, "x".into())).await.unwrap();
     rx.recv().await.unwrap();
     h.cancel();
-    assert!(matches!(h.await, Outcome::Cancelled { attempts: 1 }));
+    assert!(matches!(h.await, Outcome::Cancelled { attempts: 1, .. }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,6 +107,6 @@ async fn cancelling_a_job_waiting_to_retry_ends_it_cancelled() {
         tokio::task::yield_now().await;
     }
     h.cancel();
-    assert!(matches!(h.await, Outcome::Cancelled { attempts: 1 }));
+    assert!(matches!(h.await, Outcome::Cancelled { attempts: 1, .. }));
     assert_eq!(pool.stats().retry_waiting, 0);
 }

@@ -44,7 +44,7 @@ async fn a_future_that_panics_in_its_drop_ends_panicked_and_its_worker_goes_on()
         .workers(2)
         .queue_capacity(32)
         .build(|job: Job<u32>, _ctx| BoomOnDrop {
-            boom: *job.payload() % 3 == 0,
+            boom: job.payload().is_multiple_of(3),
         })
         .unwrap();
     let mut handles = Vec::new();
@@ -230,8 +230,12 @@ async fn cancel_running_before_shutdown_does_not_skip_the_drain() {
             Ok::<_, std::io::Error>(())
         })
         .unwrap();
-    pool.submit_detached(Job::with_id(1, "a".into())).await.unwrap();
-    pool.submit_detached(Job::with_id(2, "b".into())).await.unwrap();
+    pool.submit_detached(Job::with_id(1, "a".into()))
+        .await
+        .unwrap();
+    pool.submit_detached(Job::with_id(2, "b".into()))
+        .await
+        .unwrap();
     assert!(!pool.cancel_running(), "no shutdown in progress");
     let report = pool.shutdown(Duration::from_secs(10)).await;
     assert!(report.is_clean(), "{report:?}");

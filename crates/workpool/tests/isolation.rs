@@ -125,7 +125,10 @@ async fn a_job_past_its_deadline_is_stopped_and_the_next_one_runs() {
         .await
         .unwrap();
     let ok = pool.submit(Job::with_id("ok", "ok")).await.unwrap();
-    assert!(matches!(polite.await, Outcome::TimedOut { attempts: 1, .. }));
+    assert!(matches!(
+        polite.await,
+        Outcome::TimedOut { attempts: 1, .. }
+    ));
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert!(matches!(deaf.await, Outcome::TimedOut { attempts: 1, .. }));
     assert_eq!(

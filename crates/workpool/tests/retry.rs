@@ -213,7 +213,10 @@ async fn a_job_waiting_to_retry_does_not_hold_its_worker() {
         Duration::ZERO,
         "the single worker was free during the backoff"
     );
-    assert!(matches!(flaky.await, Outcome::Succeeded { attempts: 2, .. }));
+    assert!(matches!(
+        flaky.await,
+        Outcome::Succeeded { attempts: 2, .. }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -256,5 +259,8 @@ async fn each_attempt_gets_a_fresh_copy_of_the_payload() {
         .await
         .unwrap()
         .await;
-    assert!(matches!(out, Outcome::Succeeded { attempts: 3, .. }), "{out:?}");
+    assert!(
+        matches!(out, Outcome::Succeeded { attempts: 3, .. }),
+        "{out:?}"
+    );
 }

@@ -83,7 +83,10 @@ async fn at_the_timeout_running_jobs_are_cancelled_and_queued_ones_come_back() {
         "the running job stops when its signal fires"
     );
     assert!(!report.is_clean());
-    assert!(matches!(running.await, Outcome::Cancelled { attempts: 1 }));
+    assert!(matches!(
+        running.await,
+        Outcome::Cancelled { attempts: 1, .. }
+    ));
     assert_eq!(ids(&report, OutcomeKind::Cancelled), ["long"]);
     assert_eq!(
         ids(&report, OutcomeKind::Unstarted),

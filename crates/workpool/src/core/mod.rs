@@ -327,7 +327,13 @@ where
         s
     }
 
-    pub(crate) fn record_failure(&self, id: &JobId, attempt: u32, kind: OutcomeKind, error: String) {
+    pub(crate) fn record_failure(
+        &self,
+        id: &JobId,
+        attempt: u32,
+        kind: OutcomeKind,
+        error: String,
+    ) {
         self.failures.record(id, attempt, kind, error);
     }
 
@@ -443,7 +449,10 @@ where
     ) {
         let id = job.id().clone();
         let outcome = if reply.as_ref().is_some_and(Reply::is_cancelled) {
-            Outcome::Cancelled { attempts }
+            Outcome::Cancelled {
+                error: None,
+                attempts,
+            }
         } else {
             Outcome::Unstarted { job, attempts }
         };
@@ -530,6 +539,7 @@ where
         if let Some(w) = self.replies.take(Some(ticket)) {
             self.store.discard(ticket);
             let outcome = Outcome::Cancelled {
+                error: None,
                 attempts: w.attempts,
             };
             self.finish(&self.general, id.clone(), outcome, Some(w.reply), w.started);

@@ -32,9 +32,12 @@ pub(crate) struct Waiting<P, T> {
     pub(crate) started: Option<Instant>,
 }
 
+/// One shard: tickets to waiting replies.
+type Shard<P, T> = Mutex<HashMap<u64, Waiting<P, T>, BuildHasherDefault<Spread>>>;
+
 pub(crate) struct Replies<P, T> {
     next: AtomicU64,
-    shards: [Mutex<HashMap<u64, Waiting<P, T>, BuildHasherDefault<Spread>>>; SHARDS],
+    shards: [Shard<P, T>; SHARDS],
 }
 
 impl<P, T> Replies<P, T> {
@@ -45,10 +48,7 @@ impl<P, T> Replies<P, T> {
         }
     }
 
-    fn shard(
-        &self,
-        ticket: NonZeroU64,
-    ) -> &Mutex<HashMap<u64, Waiting<P, T>, BuildHasherDefault<Spread>>> {
+    fn shard(&self, ticket: NonZeroU64) -> &Shard<P, T> {
         &self.shards[ticket.get() as usize % SHARDS]
     }
 

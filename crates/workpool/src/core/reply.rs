@@ -98,7 +98,10 @@ fn encode<P, T: 'static>(outcome: Outcome<P, T>) -> Result<u64, Outcome<P, T>> {
             error: None,
             attempts,
         } => (TIMED_OUT, attempts),
-        Outcome::Cancelled { attempts } => (CANCELLED, attempts),
+        Outcome::Cancelled {
+            error: None,
+            attempts,
+        } => (CANCELLED, attempts),
         Outcome::Abandoned { attempts } => (ABANDONED, attempts),
         other => return Err(other),
     };
@@ -116,7 +119,10 @@ fn decode<P, T: 'static>(word: u64) -> Outcome<P, T> {
             error: None,
             attempts,
         },
-        CANCELLED => Outcome::Cancelled { attempts },
+        CANCELLED => Outcome::Cancelled {
+            error: None,
+            attempts,
+        },
         _ => Outcome::Abandoned { attempts },
     }
 }
@@ -246,7 +252,6 @@ impl<P, T: 'static> Delivery<P, T> {
         }
         Poll::Pending
     }
-
 }
 
 /// The pool's end of a job's reply cell. Dropped without sending, the handle
@@ -300,17 +305,29 @@ mod tests {
     #[tokio::test]
     async fn the_handle_gets_the_outcome_sent_before_or_after_it_waits() {
         let (reply, cell) = Reply::<u8, ()>::new();
-        reply.send(Outcome::Succeeded { value: (), attempts: 1 }).ok().unwrap();
+        reply
+            .send(Outcome::Succeeded {
+                value: (),
+                attempts: 1,
+            })
+            .ok()
+            .unwrap();
         let o = poll_fn(|cx| cell.poll_outcome(cx)).await;
         assert!(matches!(o, Outcome::Succeeded { attempts: 1, .. }));
 
         let (reply, cell) = Reply::<u8, ()>::new();
         let waiter = tokio::spawn(async move { poll_fn(|cx| cell.poll_outcome(cx)).await });
         tokio::task::yield_now().await;
-        reply.send(Outcome::Cancelled { attempts: 2 }).ok().unwrap();
+        reply
+            .send(Outcome::Cancelled {
+                error: None,
+                attempts: 2,
+            })
+            .ok()
+            .unwrap();
         assert!(matches!(
             waiter.await.unwrap(),
-            Outcome::Cancelled { attempts: 2 }
+            Outcome::Cancelled { attempts: 2, .. }
         ));
     }
 
@@ -323,7 +340,10 @@ mod tests {
 
         let (reply, cell) = Reply::<u8, ()>::new();
         cell.handle_dropped();
-        let back = reply.send(Outcome::Succeeded { value: (), attempts: 1 });
+        let back = reply.send(Outcome::Succeeded {
+            value: (),
+            attempts: 1,
+        });
         assert!(matches!(back, Err(Outcome::Succeeded { attempts: 1, .. })));
     }
 }
@@ -356,7 +376,10 @@ mod loom_model {
     #[test]
     fn the_handle_gets_an_outcome_in_the_word() {
         handle_gets(
-            || Outcome::TimedOut { error: None, attempts: 3 },
+            || Outcome::TimedOut {
+                error: None,
+                attempts: 3,
+            },
             |o| matches!(o, Outcome::TimedOut { attempts: 3, .. }),
         );
     }

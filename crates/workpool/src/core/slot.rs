@@ -102,7 +102,10 @@ mod loom_model {
             let slot = Arc::new(Slot::new());
             let worker = {
                 let (gate, slot) = (gate.clone(), slot.clone());
-                thread::spawn(move || slot.claim(|| gate.state() >= Lifecycle::HandingBack, || 7u32).is_ok())
+                thread::spawn(move || {
+                    slot.claim(|| gate.state() >= Lifecycle::HandingBack, || 7u32)
+                        .is_ok()
+                })
             };
             gate.advance(Lifecycle::Stopped);
             let abandoned = slot.take().is_some();

@@ -72,7 +72,11 @@ where
     }
 }
 
-async fn coordinate<P, T, S>(core: &Core<P, T, S>, drain: bool, timeout: Duration) -> ShutdownReport<P>
+async fn coordinate<P, T, S>(
+    core: &Core<P, T, S>,
+    drain: bool,
+    timeout: Duration,
+) -> ShutdownReport<P>
 where
     P: Send + 'static,
     T: Send + 'static,

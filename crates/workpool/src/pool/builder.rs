@@ -16,8 +16,8 @@ use crate::job::Job;
 use crate::outcome::Completion;
 use crate::retry::RetryPolicy;
 use crate::store::memory::MemoryStore;
-use crate::worker::exec::{AsyncExec, BlockingExec, Exec};
 use crate::worker;
+use crate::worker::exec::{AsyncExec, BlockingExec, Exec};
 
 /// Configures and starts a [`Pool`]. Made by [`Pool::builder`].
 ///

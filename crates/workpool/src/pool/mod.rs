@@ -189,7 +189,11 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
     }
 
     /// Enqueues, waiting for room until `deadline` (forever if `None`).
-    async fn enqueue(&self, q: Queued<P>, deadline: Option<Instant>) -> Result<(), Refused<Queued<P>>> {
+    async fn enqueue(
+        &self,
+        q: Queued<P>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Refused<Queued<P>>> {
         match self.enqueue_now(q) {
             Err(Refused::Full(q)) => self.wait_enqueue(q, deadline).await,
             r => r,

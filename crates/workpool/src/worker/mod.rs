@@ -20,8 +20,8 @@ use self::exec::{Attempt, Exec};
 use crate::context::{JobContext, WorkerSignals};
 use crate::core::counters::Shard;
 use crate::core::reply::Reply;
-use crate::core::{Core, InFlight, WorkerSlot};
 use crate::core::slot::Slot;
+use crate::core::{Core, InFlight, WorkerSlot};
 use crate::handler::{BoxError, is_permanent};
 use crate::job::{Job, JobId};
 use crate::outcome::{Outcome, OutcomeKind};
@@ -123,7 +123,11 @@ where
             let core = &*self.core;
             let queued = match core.store().try_claim(&mut self.claimer) {
                 Some(q) => q,
-                None => match core.store().claim(&mut self.claimer, || core.over_target()).await {
+                None => match core
+                    .store()
+                    .claim(&mut self.claimer, || core.over_target())
+                    .await
+                {
                     Claim::Job(q) => q,
                     Claim::Interrupted => continue,
                     Claim::Closed => {
@@ -183,7 +187,10 @@ where
             },
         };
         if reply.as_ref().is_some_and(Reply::is_cancelled) {
-            let outcome = Outcome::Cancelled { attempts };
+            let outcome = Outcome::Cancelled {
+                error: None,
+                attempts,
+            };
             core.finish(&self.shard, job.id().clone(), outcome, reply, started);
             return Start::Settled;
         }
@@ -330,7 +337,8 @@ where
                     let error = Some(error);
                     (Outcome::TimedOut { error, attempts }, retries_timeouts)
                 } else if cancelled || self.signals.cancel.is_cancelled() {
-                    (Outcome::Cancelled { attempts }, false)
+                    let error = Some(error);
+                    (Outcome::Cancelled { error, attempts }, false)
                 } else {
                     failed(OutcomeKind::Failed, error.to_string());
                     (Outcome::Failed { error, attempts }, true)

@@ -398,8 +398,9 @@ mod tests {
         let s = Arc::new(MemoryStore::new(1, 1));
         assert!(s.try_enqueue(job(1)).is_ok());
         let s2 = s.clone();
-        let pusher =
-            tokio::spawn(async move { matches!(s2.enqueue(job(2), None).await, Err(Refused::Closed(_))) });
+        let pusher = tokio::spawn(async move {
+            matches!(s2.enqueue(job(2), None).await, Err(Refused::Closed(_)))
+        });
         tokio::task::yield_now().await;
         s.close();
         assert!(pusher.await.unwrap(), "a waiting enqueue fails once closed");
@@ -425,7 +426,10 @@ mod tests {
     async fn closed_store_hands_back_ring_and_retries_and_takes_no_retry() {
         let s = MemoryStore::new(4, 1);
         assert!(s.try_enqueue(job(1)).is_ok());
-        assert!(s.retry_at(job(2), Instant::now() + Duration::from_secs(60)).is_ok());
+        assert!(
+            s.retry_at(job(2), Instant::now() + Duration::from_secs(60))
+                .is_ok()
+        );
         s.close();
         assert!(s.retry_at(job(3), Instant::now()).is_err());
         let mut left: Vec<u64> = std::iter::from_fn(|| s.take_left())
