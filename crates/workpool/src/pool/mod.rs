@@ -188,18 +188,6 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         }
     }
 
-    /// Enqueues, waiting for room until `deadline` (forever if `None`).
-    async fn enqueue(
-        &self,
-        q: Queued<P>,
-        deadline: Option<Instant>,
-    ) -> Result<(), Refused<Queued<P>>> {
-        match self.enqueue_now(q) {
-            Err(Refused::Full(q)) => self.wait_enqueue(q, deadline).await,
-            r => r,
-        }
-    }
-
     /// Submits a job, waiting for room in the queue, and returns a handle to
     /// its outcome.
     ///
@@ -226,7 +214,13 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
     /// ```
     pub async fn submit(&self, job: Job<P>) -> Result<JobHandle<P, T>, SubmitError<P>> {
         let (q, handle) = self.with_handle(job);
-        match self.enqueue(q, None).await {
+        // Room found: return at once, without a future for the wait.
+        let q = match self.enqueue_now(q) {
+            Ok(()) => return Ok(handle),
+            Err(Refused::Full(q)) => q,
+            Err(r) => return Err(SubmitError::Closed(self.refused_job(r.into_inner()))),
+        };
+        match self.wait_enqueue(q, None).await {
             Ok(()) => Ok(handle),
             Err(r) => Err(SubmitError::Closed(self.refused_job(r.into_inner()))),
         }
@@ -278,7 +272,15 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         timeout: Duration,
     ) -> Result<JobHandle<P, T>, SubmitTimeoutError<P>> {
         let (q, handle) = self.with_handle(job);
-        match self.enqueue(q, Some(after(Instant::now(), timeout))).await {
+        let q = match self.enqueue_now(q) {
+            Ok(()) => return Ok(handle),
+            Err(Refused::Full(q)) => q,
+            Err(r) => return Err(self.timeout_error(r)),
+        };
+        match self
+            .wait_enqueue(q, Some(after(Instant::now(), timeout)))
+            .await
+        {
             Ok(()) => Ok(handle),
             Err(r) => Err(self.timeout_error(r)),
         }
@@ -332,8 +334,13 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         job: Job<P>,
         timeout: Duration,
     ) -> Result<(), SubmitTimeoutError<P>> {
+        let q = match self.enqueue_now(Queued::new(job, None)) {
+            Ok(()) => return Ok(()),
+            Err(Refused::Full(q)) => q,
+            Err(r) => return Err(self.timeout_error(r)),
+        };
         let deadline = Some(after(Instant::now(), timeout));
-        self.enqueue(Queued::new(job, None), deadline)
+        self.wait_enqueue(q, deadline)
             .await
             .map_err(|r| self.timeout_error(r))
     }
