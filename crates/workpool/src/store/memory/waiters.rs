@@ -25,13 +25,10 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::lock;
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, fence, locked as lock};
 
-#[derive(Default)]
 pub(crate) struct Waiters {
     /// Two counts in one word, read together without the lock by the
     /// wake-ups: in the low half ([`UNWOKEN`]) the listeners in `list`
@@ -47,8 +44,16 @@ const WOKEN: u64 = 1 << 32;
 /// The unwoken listeners, in [`Waiters::counts`].
 const UNWOKEN: u64 = WOKEN - 1;
 
+impl Default for Waiters {
+    fn default() -> Self {
+        Waiters {
+            counts: AtomicU64::new(0),
+            list: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
 /// One listener's wake-up.
-#[derive(Default)]
 struct Waiter {
     state: Mutex<WaiterState>,
     /// Woken by a push, and so counted in [`Waiters::counts`] until seen
@@ -65,6 +70,13 @@ struct WaiterState {
 }
 
 impl Waiter {
+    fn new() -> Self {
+        Waiter {
+            state: Mutex::new(WaiterState::default()),
+            counted: AtomicBool::new(false),
+        }
+    }
+
     fn wake(&self) {
         let waker = {
             let mut state = lock(&self.state);
@@ -170,7 +182,7 @@ impl Waiters {
     /// Registers the caller. Re-check the condition after this: a change made
     /// from now on wakes the returned listener (or another one).
     pub(crate) fn listen(&self) -> Listener<'_> {
-        let waiter = Arc::new(Waiter::default());
+        let waiter = Arc::new(Waiter::new());
         {
             let mut list = lock(&self.list);
             list.push_back(waiter.clone());
@@ -264,10 +276,9 @@ impl Drop for Listener<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(workpool_loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
     fn poll_once(l: &mut Listener<'_>) -> Poll<()> {
         let waker = Waker::noop();
@@ -431,5 +442,57 @@ mod tests {
                 setter.join().unwrap();
             }
         }
+    }
+}
+
+#[cfg(all(test, workpool_loom))]
+mod loom_model {
+    use super::*;
+    use loom::thread;
+
+    /// The fence pair under loom: a setter changes the condition with a
+    /// relaxed store (any atomic write, whatever its ordering) and wakes; a
+    /// listener registers, then looks. Whatever the interleaving, the
+    /// listener sees the change or is woken (loom reports a listener left
+    /// asleep as a deadlock).
+    #[test]
+    fn a_listener_sees_the_change_or_is_woken() {
+        loom::model(|| {
+            let w = Arc::new(Waiters::default());
+            let flag = Arc::new(AtomicBool::new(false));
+            let setter = {
+                let (w, flag) = (w.clone(), flag.clone());
+                thread::spawn(move || {
+                    flag.store(true, Ordering::Relaxed);
+                    w.wake_one();
+                })
+            };
+            let listener = w.listen();
+            if !flag.load(Ordering::Relaxed) {
+                loom::future::block_on(listener);
+            }
+            setter.join().unwrap();
+        });
+    }
+
+    /// The same for a push's throttled wake-up, with one item queued.
+    #[test]
+    fn a_listener_sees_the_push_or_is_woken_by_it() {
+        loom::model(|| {
+            let w = Arc::new(Waiters::default());
+            let flag = Arc::new(AtomicBool::new(false));
+            let setter = {
+                let (w, flag) = (w.clone(), flag.clone());
+                thread::spawn(move || {
+                    flag.store(true, Ordering::Relaxed);
+                    w.wake_one_unless_woken(|| 1);
+                })
+            };
+            let listener = w.listen();
+            if !flag.load(Ordering::Relaxed) {
+                loom::future::block_on(listener);
+            }
+            setter.join().unwrap();
+        });
     }
 }
