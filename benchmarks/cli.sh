@@ -3,8 +3,9 @@
 # rust-parallel on 10,000 x `true` and 1,000 x `sleep 0.01`, at -j 2 and -j 8;
 # then the peak memory of `workpool run` over 10^6 records against 10^5
 # (10^7 with CLI_MEMORY_LARGE=10000000).
-# Each tool is installed when missing. Writes benchmarks/cli-results.md,
-# which BENCHMARKS.md includes (benchmarks/run.sh).
+# GNU parallel must be installed (Debian: parallel); rust-parallel is built
+# from crates.io into target/ when missing. Writes benchmarks/cli-results.md,
+# which BENCHMARKS.md links to.
 #
 #   benchmarks/cli.sh            # the full run (the 10^7-record run takes long)
 #   benchmarks/cli.sh --quick    # a smoke run (what CI does): 1/100 of the jobs
@@ -17,13 +18,12 @@ out=target/bench
 mkdir -p "$out"
 tools="$PWD/$out/tools"
 
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-
-if ! command -v parallel >/dev/null 2>&1; then
-    echo "cli.sh: installing Debian's parallel" >&2
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq parallel >/dev/null
-fi
+for tool in parallel bc xargs /usr/bin/time; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "cli.sh: $tool is needed (Debian: apt-get install parallel bc findutils time)" >&2
+        exit 2
+    fi
+done
 if ! command -v rust-parallel >/dev/null 2>&1 && [[ ! -x "$tools/bin/rust-parallel" ]]; then
     echo "cli.sh: installing rust-parallel from crates.io" >&2
     cargo install -q --locked --root "$tools" rust-parallel
@@ -64,13 +64,6 @@ per_job() {
     local n=$1 input=$2; shift 2
     for _ in $(seq "$reps"); do time_one "$input" "$@"; done | median | awk -v n="$n" '{printf "%.3f", $1 * 1000 / n}'
 }
-
-for pkg in bc:bc time:/usr/bin/time; do
-    if ! command -v "${pkg#*:}" >/dev/null 2>&1; then
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkg%%:*}" >/dev/null
-    fi
-done
 
 {
     echo "## The command-line tool"

@@ -123,6 +123,74 @@ fn find<'a>(cells: &'a [Cell], w: Workload, workers: usize, strategy: &str) -> O
         .find(|c| c.workload == w && c.workers == workers && c.strategy == strategy)
 }
 
+/// The commit the figures were measured on (`git describe`), if known.
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The fastest Rust alternative's figure in a column, and its name.
+fn fastest_alternative(cells: &[Cell], w: Workload, workers: usize) -> Option<(&str, f64)> {
+    STRATEGIES[WORKPOOL_ROWS..]
+        .iter()
+        .filter_map(|st| find(cells, w, workers, st).map(|c| (*st, c.ns_per_job)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// A few sentences that read the tables for a user.
+fn meaning(s: &mut String, cells: &[Cell]) {
+    let ns = |w, workers, st: &str| find(cells, w, workers, st).map(|c| c.ns_per_job);
+    let _ = writeln!(s, "## What this means for you\n");
+    if let (Some(wp), Some((alt, best))) = (
+        ns(Workload::Trivial, 2, "workpool (detached)"),
+        fastest_alternative(cells, Workload::Trivial, 2),
+    ) {
+        let _ = writeln!(
+            s,
+            "- The pool's own cost is about {wp:.0} ns per job (trivial jobs, 2 workers): {:.2}× the fastest Rust alternative here ({alt}, {best:.0} ns), which keeps none of the contract (no outcomes, no shutdown report, no timeouts).",
+            wp / best
+        );
+    }
+    if let (Some(d), Some(h)) = (
+        ns(Workload::Trivial, 2, "workpool (detached)"),
+        ns(Workload::Trivial, 2, "workpool (handles, 1,000 in flight)"),
+    ) {
+        let _ = writeln!(
+            s,
+            "- A handle (to await the outcome or cancel the job) adds about {:.0} ns per job; submit detached when the hook or the stats are enough.",
+            (h - d).max(0.0)
+        );
+    }
+    if let (Some(wp), Some((_, best))) = (
+        ns(Workload::Micro, 2, "workpool (detached)"),
+        fastest_alternative(cells, Workload::Micro, 2),
+    ) {
+        let _ = writeln!(
+            s,
+            "- Once a job does about 1 µs of work, the whole run takes {:.2}× the fastest alternative's time; with real work (milliseconds, I/O) the pool's cost is lost in the noise (the 10 ms table).",
+            wp / best
+        );
+    }
+    if let (Some(wp), Some(port), Some(spawn)) = (
+        ns(Workload::Trivial, 2, "workpool (detached)"),
+        ns(Workload::Trivial, 2, STRATEGIES[WORKPOOL_ROWS]),
+        ns(Workload::Trivial, 2, STRATEGIES[WORKPOOL_ROWS + 1]),
+    ) {
+        let _ = writeln!(
+            s,
+            "- What people write by hand costs more per job: the literal tokio port of the Go tutorial (a receiver behind a mutex) {:.1}×, spawn-per-job with a semaphore {:.1}× the pool's time.",
+            port / wp,
+            spawn / wp
+        );
+    }
+    let _ = writeln!(s);
+}
+
 pub(crate) fn markdown(
     config: &Config,
     cells: &[Cell],
@@ -133,32 +201,29 @@ pub(crate) fn markdown(
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks\n");
+    if config.quick {
+        let _ = writeln!(
+            s,
+            "**A quick (smoke) run: 1/100 of the jobs, one repetition; not the real figures.**\n"
+        );
+    }
     let _ = writeln!(
         s,
-        "Machine: {}; Go: {}.",
+        "Machine: {}; Go: {}. Commit: `{}`.\n",
         machine(),
-        go_version(config.go_results.as_ref())
+        go_version(config.go_results.as_ref()),
+        commit()
     );
     let _ = writeln!(
         s,
-        "Reproduce: `benchmarks/run.sh` (this file and `benchmarks/chart.svg`); `benchmarks/run.sh --quick` is the smoke run CI does.{}\n",
-        if config.quick {
-            " **This is a quick (smoke) run: 1/100 of the jobs, one repetition; its figures are not the real ones.**"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        s,
-        "Every figure is the median of {} repetitions, taken in turns across the strategies of a column (so that a slow spell of the machine falls on all of them alike), measured in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down. Async strategies run on a tokio runtime with 2 worker threads; {submitter} Thread-based strategies submit from the main thread. ns per job: lower is better; the ratio is to the fastest Rust alternative in the same column (below 1.00 is faster than all of them). Under the wall-time tables of the CPU-bound workloads, the process's CPU time per job (user + system, every thread: `CLOCK_PROCESS_CPUTIME_ID` around each run, the Go pattern's from `getrusage`), with its ratio to the Rust alternative that used the least: with both cores busy the wall time is about half of it, it does not depend on how the scheduler happened to place the threads in a run, and a strategy whose threads spin while they wait pays for the spinning there. 1 µs of work = {calibration} rounds of a multiply-add, calibrated at start. workpool (handles) holds every handle until the last job is submitted and then awaits them all (10^6 reply cells alive at once, so the allocator's slow paths and page faults are much of its cost); (handles, 1,000 in flight) awaits each handle once 1,000 newer ones are out, as a service that awaits its results would. On this shared 2-core machine the same binary's wall times swing by up to 50 % from one run to the next; the instruction counts in the notes at the end are the steadier measure of a change.\n",
+        "Method: every strategy runs the same jobs in one process (the Go pattern in the same script run), from the first submit until every job has run and the pool is shut down; median of {} repetitions taken in turns across strategies. Async strategies run on tokio with 2 worker threads and {}. Cells read ns per job · jobs per second · ratio to the fastest Rust alternative in the column (below 1.00: faster than all of them). The CPU tables give the process's CPU time per job (every thread), steadier than wall time on this shared machine. 1 µs of work = {calibration} rounds of a multiply-add. (handles) awaits 10^6 handles at the end; (handles, 1,000 in flight) awaits each once 1,000 newer ones are out.\n",
         config.reps,
-        submitter = match config.submitter {
-            Submitter::Task =>
-                "their submitter is a task on that runtime, as in a service (`--submitter main` puts it on the main thread, as a `main` that submits would; every wait for room is then an OS-level park and wake).",
-            Submitter::Main =>
-                "their submitter is the main thread, through `block_on` (`--submitter main`): every wait for room is an OS-level park and wake.",
+        match config.submitter {
+            Submitter::Task => "a submitter task",
+            Submitter::Main => "the main thread submitting through `block_on`",
         }
     );
+    meaning(&mut s, cells);
     for w in [Workload::Trivial, Workload::Micro, Workload::Sleep] {
         let mut cols: Vec<usize> = cells
             .iter()
@@ -177,27 +242,20 @@ pub(crate) fn markdown(
             |st, c| find(cells, w, c, st).map(|cell| cell.ns_per_job),
             |ns, ratio| format!("{ns:.0} ns · {:.2} M/s · {ratio:.2}×", 1e3 / ns),
         );
-        // The process's CPU time per job, where it was measured.
         let cpu = |st: &str, c: usize| find(cells, w, c, st).and_then(|cell| cell.cpu_ns_per_job);
         if w != Workload::Sleep
             && STRATEGIES
                 .iter()
                 .any(|st| cols.iter().any(|&c| cpu(st, c).is_some()))
         {
-            let _ = writeln!(s, "### CPU time per job (both cores, every thread)\n");
+            let _ = writeln!(s, "### CPU time per job\n");
             ratio_table(&mut s, &cols, cpu, |ns, ratio| {
                 format!("{ns:.0} ns · {ratio:.2}×")
             });
         }
     }
-    let _ = writeln!(
-        s,
-        "## Submit-to-start latency, one job every 100 µs, 8 workers\n"
-    );
-    let _ = writeln!(
-        s,
-        "| strategy | p50 | p99 | p99.9 |\n| --- | --- | --- | --- |"
-    );
+    let _ = writeln!(s, "## Submit-to-start latency, one job every 100 µs, 8 workers\n");
+    let _ = writeln!(s, "| strategy | p50 | p99 | p99.9 |\n| --- | --- | --- | --- |");
     for l in latency {
         let _ = writeln!(
             s,
@@ -205,38 +263,24 @@ pub(crate) fn markdown(
             l.strategy, l.p50, l.p99, l.p999
         );
     }
-    let _ = writeln!(
-        s,
-        "\n## Memory with jobs queued (64-byte payloads, workers blocked)\n"
-    );
-    let _ = writeln!(
-        s,
-        "| queue | jobs queued | resident bytes per queued job |\n| --- | --- | --- |"
-    );
+    let _ = writeln!(s, "\n## Memory per queued job (64-byte payloads, workers blocked)\n");
+    let _ = writeln!(s, "| queue | jobs queued | resident bytes per job |\n| --- | --- | --- |");
     for m in memory {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.0} |",
-            m.strategy, m.jobs, m.bytes_per_job
-        );
+        let _ = writeln!(s, "| {} | {} | {:.0} |", m.strategy, m.jobs, m.bytes_per_job);
     }
-    let _ = writeln!(s, "\n## Shutdown latency (workpool)\n");
     let _ = writeln!(
         s,
-        "| case | time |\n| --- | --- |\n| idle pool, 8 workers | {:.1} µs |\n| 8 running jobs that ignore cancellation, timeout 50 ms + grace 50 ms (floor 100 ms) | {:.1} ms |",
+        "\nShutdown (workpool): {:.1} µs for an idle pool of 8 workers; {:.1} ms for 8 jobs that ignore cancellation with timeout 50 ms + grace 50 ms (floor 100 ms).\n",
         shutdown.idle_us, shutdown.deaf_ms
     );
     let _ = writeln!(
         s,
-        "\n## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
+        "## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
     );
     let _ = writeln!(
         s,
-        "## The command-line tool\n\n`workpool run` against `xargs -P`, GNU parallel and rust-parallel, and its memory over 10^6 and 10^7 records: [benchmarks/cli-results.md](benchmarks/cli-results.md), written by `benchmarks/cli.sh`.\n"
+        "## Reproduce\n\n`benchmarks/run.sh` writes this file and the chart (it needs Go: Debian's `golang-go`); `--quick` is CI's smoke run. `benchmarks/instructions.sh` prints instructions per job under callgrind, the stable guard for changes to the hot path. `benchmarks/cli.sh` measures `workpool run` against `xargs -P`, GNU parallel and rust-parallel: [benchmarks/cli-results.md](benchmarks/cli-results.md). What was tried on the hot path, and what it gave: [benchmarks/NOTES.md](benchmarks/NOTES.md)."
     );
-    if let Ok(notes) = std::fs::read_to_string("benchmarks/NOTES.md") {
-        s.push_str(&notes);
-    }
     s
 }
 

@@ -224,13 +224,13 @@ where
         // Only a job with a timeout reads the clock. A timeout past what the
         // clock can hold is none.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        // A copy is made only when another attempt may follow.
-        self.plan.kept = match (policy, cloner) {
-            (Some(p), Some(clone)) if p.max_attempts() > attempt => {
-                Some((job.try_clone_with(clone), p))
-            }
-            _ => None,
-        };
+        // A copy is made only when another attempt may follow. (`end` took
+        // the last one: the place is empty.)
+        if let (Some(p), Some(clone)) = (policy, cloner)
+            && p.max_attempts() > attempt
+        {
+            self.plan.kept = Some((job.try_clone_with(clone), p));
+        }
         self.plan.policy = policy;
         self.plan.timeout = timeout;
         self.plan.deadline = deadline;
