@@ -61,9 +61,9 @@
 //! Every accepted job reaches exactly one [`Outcome`]: `Succeeded`, `Failed`,
 //! `Panicked`, `TimedOut`, `Cancelled`, `Unstarted` (handed back at shutdown)
 //! or `Abandoned` (ignored cancellation past the grace period).
-//! [`Pool::submit`] returns a [`JobHandle`] that resolves to it and can
-//! [cancel](JobHandle::cancel) the job; [`Pool::submit_detached`] allocates no
-//! handle. Either way the outcome is counted in [`Pool::stats`] and passed to
+//! [`Pool::submit`] returns a [`JobHandle`] that resolves to it (with the
+//! handler's value on success) and can [cancel](JobHandle::cancel) the job;
+//! [`Pool::submit_detached`] allocates no handle. Either way the outcome is counted in [`Pool::stats`] and passed to
 //! the hook set with [`PoolBuilder::on_outcome`].
 //!
 //! # Shutdown
@@ -77,6 +77,8 @@
 //! and the time taken. [`Pool::shutdown_without_draining`] hands queued jobs
 //! back at once. With the `signal` feature, `signal::shutdown_on_signal`
 //! does this on SIGINT/SIGTERM, and a second signal cancels at once.
+//! [`Pool::stop_intake`] stops taking and starting jobs without a shutdown
+//! (running jobs go on; queued ones come back `Unstarted`).
 //!
 //! # Panics, timeouts, cancellation
 //!
