@@ -254,8 +254,14 @@ pub(crate) fn markdown(
             });
         }
     }
-    let _ = writeln!(s, "## Submit-to-start latency, one job every 100 µs, 8 workers\n");
-    let _ = writeln!(s, "| strategy | p50 | p99 | p99.9 |\n| --- | --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "## Submit-to-start latency, one job every 100 µs, 8 workers\n"
+    );
+    let _ = writeln!(
+        s,
+        "| strategy | p50 | p99 | p99.9 |\n| --- | --- | --- | --- |"
+    );
     for l in latency {
         let _ = writeln!(
             s,
@@ -263,10 +269,20 @@ pub(crate) fn markdown(
             l.strategy, l.p50, l.p99, l.p999
         );
     }
-    let _ = writeln!(s, "\n## Memory per queued job (64-byte payloads, workers blocked)\n");
-    let _ = writeln!(s, "| queue | jobs queued | resident bytes per job |\n| --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "\n## Memory per queued job (64-byte payloads, workers blocked)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| queue | jobs queued | resident bytes per job |\n| --- | --- | --- |"
+    );
     for m in memory {
-        let _ = writeln!(s, "| {} | {} | {:.0} |", m.strategy, m.jobs, m.bytes_per_job);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} |",
+            m.strategy, m.jobs, m.bytes_per_job
+        );
     }
     let _ = writeln!(
         s,

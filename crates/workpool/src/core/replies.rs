@@ -21,7 +21,7 @@ use crate::store::Ticket;
 use crate::sync::lock;
 
 /// Shards: submitters and workers on different tickets rarely meet on a lock.
-const SHARDS: usize = 16;
+const SHARDS: usize = 32;
 
 /// A job's reply while the job waits in the store.
 pub(crate) struct Waiting<P, T> {
@@ -32,8 +32,11 @@ pub(crate) struct Waiting<P, T> {
     pub(crate) started: Option<Instant>,
 }
 
-/// One shard: tickets to waiting replies.
-type Shard<P, T> = Mutex<HashMap<u64, Waiting<P, T>, BuildHasherDefault<Spread>>>;
+/// One shard: tickets to waiting replies, on cache lines of its own (the
+/// submitter inserts ticket n + 1 while a worker takes ticket n: side by
+/// side, the two shards would share a line).
+#[repr(align(128))]
+struct Shard<P, T>(Mutex<HashMap<u64, Waiting<P, T>, BuildHasherDefault<Spread>>>);
 
 pub(crate) struct Replies<P, T> {
     next: AtomicU64,
@@ -44,12 +47,15 @@ impl<P, T> Replies<P, T> {
     pub(crate) fn new() -> Self {
         Replies {
             next: AtomicU64::new(1),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::default())),
+            shards: std::array::from_fn(|_| Shard(Mutex::new(HashMap::default()))),
         }
     }
 
-    fn shard(&self, ticket: NonZeroU64) -> &Shard<P, T> {
-        &self.shards[ticket.get() as usize % SHARDS]
+    fn shard(
+        &self,
+        ticket: NonZeroU64,
+    ) -> &Mutex<HashMap<u64, Waiting<P, T>, BuildHasherDefault<Spread>>> {
+        &self.shards[ticket.get() as usize % SHARDS].0
     }
 
     /// Keeps a new job's reply; its ticket.
