@@ -16,7 +16,7 @@ use crate::cli::HaltWhen;
 use crate::command::{self, Exit};
 use crate::joblog::{Entry, JobLog};
 
-/// A job's end, as the pool's outcome hook saw it.
+/// A job's end, from its handle's outcome.
 #[derive(Debug)]
 pub struct Done {
     pub seq: u64,
@@ -32,7 +32,26 @@ pub struct Done {
     pub stderr: Vec<u8>,
 }
 
-/// What the reader and the hook tell the reporter.
+impl Done {
+    /// A job's end with nothing known beyond its kind and attempts (what an
+    /// attempt left is filled in by the caller, when there is any).
+    pub fn new(seq: u64, record: Vec<u8>, kind: OutcomeKind, attempts: u32) -> Self {
+        Done {
+            seq,
+            record,
+            kind,
+            attempts,
+            duration: Duration::ZERO,
+            argv: Vec::new(),
+            start: None,
+            exit: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+}
+
+/// What the reader and the handle tasks tell the reporter.
 #[derive(Debug)]
 pub enum Event {
     /// A record was handed to the pool (sent before the submit).
@@ -265,18 +284,7 @@ impl Reporter {
     fn not_run(&mut self, summary: &mut Summary, seq: u64, record: &[u8]) {
         summary.not_run_total += 1;
         keep_first(&mut summary.not_run, (seq, show(record)), SHOWN * 2);
-        let done = Done {
-            seq,
-            record: record.to_vec(),
-            kind: OutcomeKind::Unstarted,
-            attempts: 0,
-            duration: Duration::ZERO,
-            argv: Vec::new(),
-            start: None,
-            exit: None,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
+        let done = Done::new(seq, record.to_vec(), OutcomeKind::Unstarted, 0);
         self.log(summary, &done);
     }
 

@@ -548,18 +548,7 @@ fn done_from(
     template: &Template,
 ) -> Done {
     let (kind, attempts) = (outcome.kind(), outcome.attempts());
-    let mut done = Done {
-        seq,
-        record,
-        kind,
-        attempts,
-        duration: Duration::ZERO,
-        argv: Vec::new(),
-        start: None,
-        exit: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
+    let mut done = Done::new(seq, record, kind, attempts);
     match attempted(outcome) {
         Some(a) => {
             done.argv = a.argv;

@@ -138,17 +138,22 @@ async fn a_handle_cancelled_while_its_job_is_queued_resolves_at_once() {
     assert_eq!(report.stats().cancelled, 1, "counted once");
 }
 
+/// A runtime with two threads, for the races between submitters, workers
+/// and shutdown.
+fn two_threads() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Before: the report's `accepted` was bumped after each enqueue while
 /// shutdown counted admissions, so with many submitters racing shutdown it
 /// came out one short of the outcomes in about 1 round in 200.
 #[test]
 fn accepted_equals_the_outcomes_in_every_report() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    two_threads().block_on(async {
         for round in 0..600 {
             let pool = Pool::builder()
                 .workers(2)
@@ -180,12 +185,7 @@ fn accepted_equals_the_outcomes_in_every_report() {
 /// room sometimes waited out the whole grace period (a missed wake-up).
 #[test]
 fn shutdown_without_draining_does_not_wait_out_the_grace_for_a_waiting_submitter() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    two_threads().block_on(async {
         for round in 0..1_500 {
             let pool = Pool::builder()
                 .workers(1)

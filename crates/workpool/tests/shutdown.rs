@@ -323,3 +323,64 @@ async fn dropping_the_pool_without_shutdown_finishes_queued_jobs_in_the_backgrou
     let kinds: Vec<_> = seen.all().into_iter().map(|s| s.1).collect();
     assert_eq!(kinds, [OutcomeKind::Succeeded; 3]);
 }
+
+/// A handler that awaits its own pool's draining shutdown waits for itself:
+/// the job is abandoned at timeout + grace and the report still comes (as
+/// `Pool::shutdown`'s docs say); one that spawns the shutdown and returns
+/// lets the drain finish cleanly.
+#[tokio::test(start_paused = true)]
+async fn a_handler_shutting_down_its_own_pool() {
+    use std::sync::{Arc, OnceLock};
+
+    let cell: Arc<OnceLock<Pool>> = Arc::new(OnceLock::new());
+    let c = cell.clone();
+    let pool = Pool::builder()
+        .workers(1)
+        .grace(Duration::from_secs(1))
+        .build(move |_job: Job, _ctx| {
+            let pool = c.get().cloned().expect("set before the first job");
+            async move {
+                pool.shutdown(Duration::from_secs(2)).await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .unwrap();
+    cell.set(pool.clone()).unwrap();
+    pool.submit_detached(Job::with_id("self", "x".into()))
+        .await
+        .unwrap();
+    let began = tokio::time::Instant::now();
+    // The handler started the shutdown; this call joins it.
+    while !pool.is_closed() {
+        tokio::task::yield_now().await;
+    }
+    let report = pool.shutdown(Duration::MAX).await;
+    assert_eq!(
+        report.ids(workpool::OutcomeKind::Abandoned),
+        ["self".into()]
+    );
+    assert_eq!(began.elapsed(), Duration::from_secs(3), "timeout + grace");
+
+    let cell: Arc<OnceLock<Pool>> = Arc::new(OnceLock::new());
+    let c = cell.clone();
+    let pool = Pool::builder()
+        .workers(1)
+        .build(move |_job: Job, _ctx| {
+            let pool = c.get().cloned().expect("set before the first job");
+            async move {
+                tokio::spawn(async move { pool.shutdown(Duration::MAX).await });
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .unwrap();
+    cell.set(pool.clone()).unwrap();
+    pool.submit_detached(Job::with_id("spawns", "x".into()))
+        .await
+        .unwrap();
+    while !pool.is_closed() {
+        tokio::task::yield_now().await;
+    }
+    let report = pool.shutdown(Duration::MAX).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.stats().succeeded, 1);
+}

@@ -440,11 +440,12 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
     /// May be called again, and concurrently: every caller gets the same
     /// report, and the first call's timeout and mode apply.
     ///
-    /// Called from inside a handler of this same pool, a draining shutdown
-    /// waits for that very job, which is waiting for the shutdown: it returns
-    /// only at `timeout` (when the job's signal fires), and with
-    /// `Duration::MAX` never. From a handler, spawn the shutdown in a task
-    /// of its own, or use a finite timeout.
+    /// Awaited from inside a handler of this same pool, a draining shutdown
+    /// waits for that very job, which is waiting for the shutdown: the job is
+    /// abandoned after `timeout` and the grace period, its await of the
+    /// report dropped with it (other callers get the report); with
+    /// `Duration::MAX` the shutdown never ends. From a handler, spawn the
+    /// shutdown in a task of its own and return: the drain then goes on.
     ///
     /// # Cancel safety
     ///

@@ -451,20 +451,19 @@ mod loom_model {
     use loom::thread;
 
     /// The fence pair under loom: a setter changes the condition with a
-    /// relaxed store (any atomic write, whatever its ordering) and wakes; a
-    /// listener registers, then looks. Whatever the interleaving, the
-    /// listener sees the change or is woken (loom reports a listener left
+    /// relaxed store (any atomic write, whatever its ordering) and then calls
+    /// `wake`; a listener registers, then looks. Whatever the interleaving,
+    /// the listener sees the change or is woken (loom reports a listener left
     /// asleep as a deadlock).
-    #[test]
-    fn a_listener_sees_the_change_or_is_woken() {
-        loom::model(|| {
+    fn sees_the_change_or_is_woken(wake: fn(&Waiters)) {
+        loom::model(move || {
             let w = Arc::new(Waiters::default());
             let flag = Arc::new(AtomicBool::new(false));
             let setter = {
                 let (w, flag) = (w.clone(), flag.clone());
                 thread::spawn(move || {
                     flag.store(true, Ordering::Relaxed);
-                    w.wake_one();
+                    wake(&w);
                 })
             };
             let listener = w.listen();
@@ -475,24 +474,18 @@ mod loom_model {
         });
     }
 
+    #[test]
+    fn a_listener_sees_the_change_or_is_woken() {
+        sees_the_change_or_is_woken(|w| {
+            w.wake_one();
+        });
+    }
+
     /// The same for a push's throttled wake-up, with one item queued.
     #[test]
     fn a_listener_sees_the_push_or_is_woken_by_it() {
-        loom::model(|| {
-            let w = Arc::new(Waiters::default());
-            let flag = Arc::new(AtomicBool::new(false));
-            let setter = {
-                let (w, flag) = (w.clone(), flag.clone());
-                thread::spawn(move || {
-                    flag.store(true, Ordering::Relaxed);
-                    w.wake_one_unless_woken(|| 1);
-                })
-            };
-            let listener = w.listen();
-            if !flag.load(Ordering::Relaxed) {
-                loom::future::block_on(listener);
-            }
-            setter.join().unwrap();
+        sees_the_change_or_is_woken(|w| {
+            w.wake_one_unless_woken(|| 1);
         });
     }
 }
