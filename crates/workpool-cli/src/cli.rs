@@ -62,7 +62,7 @@ pub struct RunArgs {
     #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
 
-    /// Read records from FILE instead of standard input
+    /// Read records from FILE instead of standard input (`-`: standard input)
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
 
@@ -70,9 +70,9 @@ pub struct RunArgs {
     #[arg(short = '0', long = "null")]
     pub null: bool,
 
-    /// Per-job time limit (500ms, 30s, 2m, 1h); at the deadline the job's process
-    /// group gets SIGTERM, then SIGKILL after --kill-after
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    /// Per-job time limit, more than 0 (seconds, or 500ms, 30s, 2m, 1h); at the
+    /// deadline the job's process group gets SIGTERM, then SIGKILL after --kill-after
+    #[arg(long, value_name = "DUR", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
     /// Wait between SIGTERM and SIGKILL when stopping a job
@@ -83,7 +83,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub retries: u32,
 
-    /// First delay before a retry; it doubles per attempt (with jitter, up to 64 times)
+    /// Backoff between attempts: before retry n, a random wait between 0 and
+    /// DUR × 2^(n-1), at most 64 × DUR ("full jitter")
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
     pub retry_delay: Duration,
 
@@ -121,7 +122,7 @@ pub struct RunArgs {
     pub dry_run: bool,
 
     /// The command and its arguments (`--` before it is optional)
-    #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
@@ -149,7 +150,19 @@ fn parse_jobs(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `500ms`, `30s`, `1.5s`, `2m`, `1h`, or a plain number of seconds.
+/// A `--timeout`: a duration more than zero (a zero timeout would stop every
+/// job as it starts).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!(
+            "invalid --timeout `{s}`: must be more than 0 (leave it out for no limit)"
+        )),
+        d => Ok(d),
+    }
+}
+
+/// `500ms`, `30s`, `1.5s`, `2m`, `1h`, or a plain number of seconds (as GNU
+/// parallel reads it).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -157,7 +170,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let bad = || {
-        format!("invalid duration `{s}`: expected a number with a unit, like 500ms, 30s, 2m or 1h")
+        format!(
+            "invalid duration `{s}`: expected seconds (like 5 or 1.5) or a number with a unit (500ms, 30s, 2m, 1h)"
+        )
     };
     let value: f64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
@@ -208,6 +223,15 @@ mod tests {
         for bad in ["", "s", "abc", "5x", "-1s", "1..2s", "1e999s"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("invalid duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_must_be_more_than_zero() {
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        for zero in ["0", "0s", "0ms", "0.0"] {
+            let err = parse_timeout(zero).unwrap_err();
+            assert!(err.contains("more than 0"), "{zero}: {err}");
         }
     }
 

@@ -146,7 +146,8 @@ impl Summary {
             parts.push(format!("{} skipped (already in the job log)", self.skipped));
         }
         let mut out = format!(
-            "workpool: {ran} jobs in {:.2?}: {}\n",
+            "workpool: {ran} job{} in {:.2?}: {}\n",
+            if ran == 1 { "" } else { "s" },
             elapsed,
             parts.join(", ")
         );
@@ -381,21 +382,16 @@ impl Reporter {
     }
 }
 
-/// A progress bar on stderr, when asked for and stderr is a terminal.
-pub fn progress_bar(wanted: bool, total: Option<u64>) -> Option<ProgressBar> {
+/// A progress bar on stderr, when asked for and stderr is a terminal: jobs
+/// done, failed, running, and the rate (no total: the input is read once).
+pub fn progress_bar(wanted: bool) -> Option<ProgressBar> {
     use std::io::IsTerminal;
     if !wanted || !io::stderr().is_terminal() {
         return None;
     }
-    let bar = match total {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::no_length(),
-    };
-    let template = if total.is_some() {
-        "{bar:30} {pos}/{len} done, {msg}, {prefix} running, eta {eta}"
-    } else {
-        "{spinner} {pos} done, {msg}, {prefix} running, {per_sec}"
-    };
+    // No total: the input streams and is read once.
+    let bar = ProgressBar::no_length();
+    let template = "{spinner} {pos} done, {msg}, {prefix} running, {per_sec}";
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style);
     }

@@ -23,6 +23,9 @@ use crate::input::Records;
 use crate::joblog::{JobLog, Previous, ResumeMode};
 use crate::report::{Done, Event, Reporter, Stop, progress_bar};
 
+/// The most records queued for free workers, whatever -j is.
+const MAX_QUEUED: usize = 4096;
+
 /// Long enough to mean "no limit" without overflowing a deadline.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -86,9 +89,13 @@ fn signal_status(kind: SignalKind) -> i32 {
 type Input = Pin<Box<dyn AsyncBufRead + Send>>;
 
 /// Opens the input before anything runs, so a bad path is a usage error.
-async fn open_input(args: &RunArgs) -> Result<(Input, Option<u64>), String> {
+/// The input is read once, as it streams (a pipe or a FIFO has no second
+/// reading), so a progress bar has no total.
+async fn open_input(args: &RunArgs) -> Result<Input, String> {
+    let stdin = || -> Input { Box::pin(BufReader::new(tokio::io::stdin())) };
     match &args.input {
-        None => Ok((Box::pin(BufReader::new(tokio::io::stdin())), None)),
+        None => Ok(stdin()),
+        Some(path) if path.as_os_str() == "-" => Ok(stdin()),
         Some(path) => {
             let fail = |e: std::io::Error| format!("cannot read --input {}: {e}", path.display());
             let meta = tokio::fs::metadata(path).await.map_err(fail)?;
@@ -99,22 +106,37 @@ async fn open_input(args: &RunArgs) -> Result<(Input, Option<u64>), String> {
                 ));
             }
             let file = tokio::fs::File::open(path).await.map_err(fail)?;
-            // Count records up front only when a bar wants a total (an ETA).
-            let total = if args.bar {
-                let bytes = tokio::fs::read(path).await.map_err(fail)?;
-                let sep = if args.null { 0 } else { b'\n' };
-                Some(
-                    crate::input::split(&bytes, sep)
-                        .iter()
-                        .filter(|r| !r.is_empty())
-                        .count() as u64,
-                )
-            } else {
-                None
-            };
-            Ok((Box::pin(BufReader::new(file)), total))
+            Ok(Box::pin(BufReader::new(file)))
         }
     }
+}
+
+/// A job log must be a file of its own: not standard output (where the
+/// jobs' output goes), and not the input (opening the log would empty it).
+fn check_joblog(args: &RunArgs) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(log) = &args.joblog else {
+        return Ok(());
+    };
+    if log.as_os_str() == "-" {
+        return Err(
+            "--joblog - is not supported: the jobs' output goes to standard output; give a file"
+                .into(),
+        );
+    }
+    let same_file = match (&args.input, std::fs::metadata(log)) {
+        (Some(input), Ok(l)) if input.as_os_str() != "-" => {
+            std::fs::metadata(input).is_ok_and(|i| (i.dev(), i.ino()) == (l.dev(), l.ino()))
+        }
+        _ => false,
+    };
+    if same_file {
+        return Err(format!(
+            "--joblog {} is the --input file: writing the log would destroy the input",
+            log.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Listens for SIGINT and SIGTERM from the start, so the first one never kills us.
@@ -150,7 +172,8 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let mut signals = Signals::new()?;
     let template = Template::new(args.command.clone());
     let separator = if args.null { 0 } else { b'\n' };
-    let (input, total) = open_input(&args).await?;
+    check_joblog(&args)?;
+    let input = open_input(&args).await?;
 
     if args.dry_run {
         return dry_run(input, separator, &template).await;
@@ -188,8 +211,11 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     });
 
     let mut builder = Pool::builder()
-        .workers(jobs)
-        .queue_capacity(jobs)
+        // Workers are added as records come (see `read_input`): -j a million
+        // with three records costs three workers. The queue holds up to -j
+        // records, at most MAX_QUEUED.
+        .workers(1)
+        .queue_capacity(jobs.min(MAX_QUEUED))
         // The handler stops its command itself (TERM, then KILL after
         // --kill-after); the pool must give it that long before giving up.
         .grace(args.kill_after + Duration::from_secs(2))
@@ -218,7 +244,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let window = args
         .keep_order
         .then(|| Arc::new(Semaphore::new(jobs * 4 + 16)));
-    let bar = progress_bar(args.bar, total);
+    let bar = progress_bar(args.bar);
     let reporter = Reporter {
         keep_order: args.keep_order,
         joblog,
@@ -237,6 +263,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         pool: pool.clone(),
         template: state.template.clone(),
         alive: alive_tx.clone(),
+        jobs,
         events: events.clone(),
         previous,
         resume_mode,
@@ -383,6 +410,8 @@ struct ReadInput {
     template: Template,
     /// Held by each task that awaits a job's handle (see `run`).
     alive: mpsc::Sender<()>,
+    /// -j: workers are added one per record submitted, up to this.
+    jobs: usize,
     events: mpsc::UnboundedSender<Event>,
     previous: Previous,
     resume_mode: Option<ResumeMode>,
@@ -394,6 +423,7 @@ struct ReadInput {
 
 async fn read_input(mut r: ReadInput) -> Result<(), String> {
     let mut seq = 0u64;
+    let mut submitted = 0usize;
     let result = loop {
         let next = tokio::select! {
             next = r.records.next() => next,
@@ -432,6 +462,11 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
             }
         }
         let _ = r.events.send(Event::Submitted(seq));
+        submitted += 1;
+        if submitted <= r.jobs && submitted > 1 {
+            // Refused only once shutdown has begun, and then the submit is too.
+            let _ = r.pool.resize(submitted);
+        }
         match r.pool.submit(Job::with_id(seq, record.clone())).await {
             Ok(handle) => {
                 let (events, template, alive) =

@@ -929,3 +929,128 @@ mod fuzz {
         }
     }
 }
+
+// ---- Edges (each failed before its fix) ----
+
+/// Before: `-j4`, `-j=4` and `-kj4` were taken as the command, and unknown
+/// options ran as commands too (exit 1).
+#[test]
+fn options_parse_in_every_form_and_unknown_ones_are_usage_errors() {
+    let dir = Dir::new("optforms");
+    for form in [&["-j4"][..], &["-j=4"], &["-kj4"], &["-k", "-j", "4"]] {
+        let mut args = form.to_vec();
+        args.extend(["echo", "got"]);
+        let out = run(&dir, &args, b"1\n2\n");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{form:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout).lines().count(), 2, "{form:?}");
+    }
+    for bad in [&["--jbos", "4"][..], &["-x"]] {
+        let mut args = bad.to_vec();
+        args.extend(["touch", "ran"]);
+        let out = run(&dir, &args, b"1\n");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("unexpected argument"), "{bad:?}");
+        assert!(!dir.path("ran").exists(), "{bad:?} ran something");
+    }
+}
+
+/// Before: `--bar` read the input once to count it and then ran nothing
+/// from a pipe or FIFO (0 jobs, exit 0).
+#[test]
+fn a_bar_does_not_read_a_fifo_twice() {
+    let dir = Dir::new("barfifo");
+    let fifo = dir.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, b"1\n2\n3\n").unwrap())
+    };
+    let out = run(&dir, &["--bar", "--input", "fifo", "echo", "got"], b"");
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 3);
+}
+
+/// Before: `-j 1000000` with one record took a minute and 3.5 GB: every
+/// worker was started up front. Now workers come with the records.
+#[test]
+fn a_huge_j_costs_nothing_until_there_is_work() {
+    let dir = Dir::new("hugej");
+    let started = Instant::now();
+    let out = run(&dir, &["-j", "10000000", "echo", "got"], b"1\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got 1\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        text(&out.stderr).contains("1 job in"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Before: `--timeout 0` stopped every job at once; the error text said a
+/// unit was required though a bare number was taken (as seconds).
+#[test]
+fn timeouts_are_seconds_or_units_and_never_zero() {
+    let dir = Dir::new("timeout0");
+    let out = run(&dir, &["--timeout", "0", "touch", "ran"], b"1\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("more than 0"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path("ran").exists());
+    let out = run(&dir, &["--timeout", "5", "echo", "ok"], b"1\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&dir, &["--timeout", "5x", "echo", "ok"], b"1\n");
+    assert!(
+        text(&out.stderr).contains("expected seconds"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Before: `--input -` was a file named `-`, `--joblog -` created one, and
+/// the same file as --input and --joblog was emptied, exit 0.
+#[test]
+fn dash_input_is_stdin_and_a_log_cannot_be_stdout_or_the_input() {
+    let dir = Dir::new("dashes");
+    let out = run(&dir, &["--input", "-", "echo", "got"], b"1\n2\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+
+    let out = run(&dir, &["--joblog", "-", "touch", "ran"], b"1\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--joblog -"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path("-").exists() && !dir.path("ran").exists());
+
+    std::fs::write(dir.path("records"), "1\n2\n").unwrap();
+    let out = run(
+        &dir,
+        &["--input", "records", "--joblog", "records", "touch", "ran"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is the --input file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(dir.read("records"), "1\n2\n", "the input was damaged");
+    assert!(!dir.path("ran").exists());
+}
