@@ -32,11 +32,15 @@ Signals:
   and logged as unstarted. A second signal kills running jobs at once.
 
 Exit status:
-  0    every job succeeded
-  1    some job failed, timed out or was stopped (or --halt stopped the run)
+  0    every record was read and every job succeeded, its output delivered
+  1    some job failed, timed out or was stopped, --halt stopped the run, or
+       the jobs' output or the job log could not be written (nothing more
+       was started)
   2    usage or input error (bad flag, unreadable --input, unwritable or
        corrupt --joblog); nothing was run
   130  interrupted by SIGINT
+  141  stdout was closed (as by `| head`); nothing more was started (GNU
+       parallel's status too)
   143  interrupted by SIGTERM";
 
 /// workpool: run jobs on a bounded pool of workers.

@@ -169,10 +169,14 @@ pub fn parse(text: &[u8], path: &Path) -> Result<(Previous, Option<usize>), Stri
 }
 
 /// The open job log. Each entry is written with one `write_all` of a whole
-/// line and no buffering, so a crash loses at most the line being written.
+/// line and no buffering, so a crash loses at most the line being written;
+/// a write that fails part-way (a full disk) is cut back off, so a line is
+/// in the log whole or not at all.
 pub struct JobLog {
     file: File,
     path: PathBuf,
+    /// The log's length after its last whole line.
+    len: u64,
 }
 
 impl JobLog {
@@ -190,6 +194,7 @@ impl JobLog {
                 JobLog {
                     file,
                     path: path.to_path_buf(),
+                    len: 0,
                 },
                 Previous::default(),
             ));
@@ -200,22 +205,30 @@ impl JobLog {
             Err(e) => return Err(fail("read", e)),
         };
         let (previous, cut) = parse(&text, path)?;
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| fail("open", e))?;
+        let mut len = text.len() as u64;
         if let Some(offset) = cut {
-            eprintln!(
-                "workpool: warning: {}: the last line was cut off (a crash while writing?); ignoring it",
+            crate::report::say(&format!(
+                "workpool: warning: {}: the last line was cut off (a crash while writing?); ignoring it\n",
                 path.display()
-            );
+            ));
             file.set_len(offset as u64).map_err(|e| fail("repair", e))?;
+            len = offset as u64;
+        } else if !text.is_empty() && text.last() != Some(&b'\n') {
+            // A whole last entry that lacks only its newline: end it, so the
+            // next entry starts a line of its own.
+            file.write_all(b"\n").map_err(|e| fail("repair", e))?;
+            len += 1;
         }
         Ok((
             JobLog {
                 file,
                 path: path.to_path_buf(),
+                len,
             },
             previous,
         ))
@@ -224,7 +237,17 @@ impl JobLog {
     pub fn write(&mut self, entry: &Entry) -> io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)
+        match self.file.write_all(&line) {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Whole or not at all: cut back what part of it went in.
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -22,7 +22,7 @@ fn main() {
             let code = match rt.block_on(run::run(args)) {
                 Ok(code) => code,
                 Err(msg) => {
-                    eprintln!("workpool: {msg}");
+                    report::say(&format!("workpool: {msg}\n"));
                     2
                 }
             };
@@ -32,7 +32,7 @@ fn main() {
             code
         }
         Err(e) => {
-            eprintln!("workpool: cannot start the async runtime: {e}");
+            report::say(&format!("workpool: cannot start the async runtime: {e}\n"));
             2
         }
     };

@@ -62,8 +62,9 @@ pub enum Event {
     Skipped,
     /// A job ended.
     Done(Box<Done>),
-    /// The reader stopped: no more `Submitted` will come.
-    InputDone,
+    /// The reader stopped (`complete`: at the end of the input): no more
+    /// `Submitted` will come.
+    InputDone { complete: bool },
     /// Everything has been sent; build the summary.
     Finish,
 }
@@ -72,8 +73,9 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stop {
     Halt(HaltWhen),
-    /// Our stdout was closed (e.g. `| head`): finish what runs, start nothing.
-    StdoutClosed,
+    /// The jobs' output or the job log could not be written (stdout closed,
+    /// as by `| head`, or a full disk): finish what runs, start nothing.
+    CannotReport,
     /// Every submitted job ended and the input is exhausted.
     AllDone,
     /// Reading the input failed, or it no longer matches the job log.
@@ -103,6 +105,25 @@ pub struct Summary {
     pub not_run_total: u64,
     pub halted: bool,
     pub joblog_error: Option<String>,
+    /// Why the jobs' output could not all be delivered, if it could not.
+    pub output_error: Option<OutputError>,
+    /// The run stopped before the end of its input: the rest was not read.
+    pub input_unread: bool,
+}
+
+/// Why the jobs' output could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputError {
+    /// Our stdout was closed by its reader (a broken pipe).
+    Closed,
+    /// Writing failed otherwise (a full disk, an I/O error).
+    Failed(String),
+}
+
+/// Writes to our stderr, never panicking: with stderr closed or full there
+/// is nowhere left to say anything, and the exit status still tells.
+pub fn say(text: &str) {
+    let _ = io::stderr().lock().write_all(text.as_bytes());
 }
 
 const SHOWN: usize = 5;
@@ -174,8 +195,22 @@ impl Summary {
         if self.halted {
             out.push_str("  halted: --halt limit reached\n");
         }
+        if self.input_unread {
+            out.push_str("  the rest of the input was not read, so not run\n");
+        }
         if let Some(e) = &self.joblog_error {
             out.push_str(&format!("  job log: {e}\n"));
+        }
+        match &self.output_error {
+            Some(OutputError::Closed) => {
+                out.push_str("  output: stdout was closed; nothing more was started\n");
+            }
+            Some(OutputError::Failed(e)) => {
+                out.push_str(&format!(
+                    "  output: writing the jobs' output failed ({e}); nothing more was started\n"
+                ));
+            }
+            None => {}
         }
         out
     }
@@ -202,8 +237,7 @@ impl Reporter {
         let mut waiting: HashMap<u64, Box<Done>> = HashMap::new();
         let (mut submitted, mut ended, mut failures) = (0u64, 0u64, 0u64);
         let mut input_done = false;
-        let mut stdout_open = true;
-        let mut stdout_stop_sent = false;
+
         while let Some(event) = events.recv().await {
             match event {
                 Event::Submitted(seq) => {
@@ -250,20 +284,19 @@ impl Reporter {
                         waiting.insert(done.seq, done);
                         while let Some(next) = order.front().and_then(|s| waiting.remove(s)) {
                             order.pop_front();
-                            stdout_open &= self.print(&next);
+                            self.print(&mut summary, &next);
                             if let Some(w) = &self.window {
                                 w.add_permits(1);
                             }
                         }
                     } else {
-                        stdout_open &= self.print(&done);
-                    }
-                    if !stdout_open && !stdout_stop_sent {
-                        stdout_stop_sent = true;
-                        let _ = self.stop.send(Stop::StdoutClosed);
+                        self.print(&mut summary, &done);
                     }
                 }
-                Event::InputDone => input_done = true,
+                Event::InputDone { complete } => {
+                    input_done = true;
+                    summary.input_unread = !complete;
+                }
                 Event::Finish => break,
             }
             if input_done && ended >= submitted {
@@ -274,7 +307,7 @@ impl Reporter {
         let mut rest: Vec<_> = waiting.into_values().collect();
         rest.sort_by_key(|d| d.seq);
         for d in rest {
-            self.print(&d);
+            self.print(&mut summary, &d);
         }
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -350,34 +383,42 @@ impl Reporter {
             && summary.joblog_error.is_none()
         {
             let msg = format!("writing {} failed: {e}", log.path().display());
-            eprintln!("workpool: {msg}");
+            say(&format!("workpool: {msg}; nothing more is started\n"));
             summary.joblog_error = Some(msg);
+            let _ = self.stop.send(Stop::CannotReport);
         }
     }
 
-    /// Prints a job's output as two whole blocks. Returns false once our
-    /// stdout is closed.
-    fn print(&self, done: &Done) -> bool {
-        if done.stdout.is_empty() && done.stderr.is_empty() {
-            return true;
+    /// Prints a job's output as two whole blocks. The first failure to write
+    /// is kept in the summary and stops the run's intake; after it, output is
+    /// no longer written.
+    fn print(&self, summary: &mut Summary, done: &Done) {
+        if summary.output_error.is_some() || (done.stdout.is_empty() && done.stderr.is_empty()) {
+            return;
         }
-        let write = || -> bool {
-            let mut open = true;
+        let write = || -> io::Result<()> {
             if !done.stdout.is_empty() {
                 let mut out = io::stdout().lock();
-                if let Err(e) = out.write_all(&done.stdout).and_then(|_| out.flush()) {
-                    open = e.kind() != io::ErrorKind::BrokenPipe;
-                }
+                out.write_all(&done.stdout)?;
+                out.flush()?;
             }
             if !done.stderr.is_empty() {
                 let mut err = io::stderr().lock();
-                let _ = err.write_all(&done.stderr).and_then(|_| err.flush());
+                err.write_all(&done.stderr)?;
+                err.flush()?;
             }
-            open
+            Ok(())
         };
-        match &self.bar {
+        let written = match &self.bar {
             Some(bar) => bar.suspend(write),
             None => write(),
+        };
+        if let Err(e) = written {
+            summary.output_error = Some(match e.kind() {
+                io::ErrorKind::BrokenPipe => OutputError::Closed,
+                _ => OutputError::Failed(e.to_string()),
+            });
+            let _ = self.stop.send(Stop::CannotReport);
         }
     }
 }

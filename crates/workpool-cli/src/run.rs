@@ -21,7 +21,7 @@ use crate::cli::{Halt, HaltWhen, RunArgs};
 use crate::command::{self, Ran, Template, lock};
 use crate::input::Records;
 use crate::joblog::{JobLog, Previous, ResumeMode};
-use crate::report::{Done, Event, Reporter, Stop, progress_bar};
+use crate::report::{Done, Event, OutputError, Reporter, Stop, progress_bar, say};
 
 /// The most records queued for free workers, whatever -j is.
 const MAX_QUEUED: usize = 4096;
@@ -297,7 +297,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let (drain, timeout) = match first {
         Some(Stop::AllDone) => (true, FOREVER),
         Some(Stop::Halt(HaltWhen::Now)) => (false, Duration::ZERO),
-        Some(Stop::Halt(HaltWhen::Soon) | Stop::StdoutClosed) => (false, FOREVER),
+        Some(Stop::Halt(HaltWhen::Soon) | Stop::CannotReport) => (false, FOREVER),
         Some(Stop::InputFailed(e)) => {
             input_error = Some(e);
             (false, FOREVER)
@@ -349,18 +349,24 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     // The summary is built from the handles' outcomes, the report from the
     // pool's counters: one count per job either way.
     if let Some(mismatch) = disagreement(&summary, report.stats()) {
-        eprintln!("workpool: internal error: the summary and the pool disagree: {mismatch}");
+        say(&format!(
+            "workpool: internal error: the summary and the pool disagree: {mismatch}\n"
+        ));
     }
 
-    eprint!("{}", summary.render(started.elapsed()));
+    say(&summary.render(started.elapsed()));
     if let Some(e) = input_error {
-        eprintln!("workpool: {e}");
+        say(&format!("workpool: {e}\n"));
         return Ok(2);
     }
-    Ok(match interrupted {
-        Some(kind) => signal_status(kind),
-        None if summary.any_failed() || summary.halted => 1,
-        None => 0,
+    Ok(match (interrupted, &summary.output_error) {
+        (Some(kind), _) => signal_status(kind),
+        // As GNU parallel: the status of a process killed by SIGPIPE.
+        (None, Some(OutputError::Closed)) => 141,
+        (None, Some(OutputError::Failed(_))) => 1,
+        (None, None) if summary.any_failed() || summary.halted => 1,
+        (None, None) if summary.joblog_error.is_some() => 1,
+        (None, None) => 0,
     })
 }
 
@@ -397,8 +403,14 @@ async fn dry_run(input: Input, separator: u8, template: &Template) -> Result<i32
         if rec.is_empty() {
             continue;
         }
-        if writeln!(out, "{}", command::display(&template.argv(&rec))).is_err() {
-            break;
+        if let Err(e) = writeln!(out, "{}", command::display(&template.argv(&rec))) {
+            // As a run: a closed stdout is 141, another failure 1.
+            return Ok(if e.kind() == std::io::ErrorKind::BrokenPipe {
+                141
+            } else {
+                say(&format!("workpool: writing the commands failed: {e}\n"));
+                1
+            });
         }
     }
     Ok(0)
@@ -422,16 +434,17 @@ struct ReadInput {
 }
 
 async fn read_input(mut r: ReadInput) -> Result<(), String> {
+    // Ok(true): the input was read to its end; Ok(false): reading stopped.
     let mut seq = 0u64;
     let mut submitted = 0usize;
     let result = loop {
         let next = tokio::select! {
             next = r.records.next() => next,
-            _ = r.stop.cancelled() => break Ok(()),
+            _ = r.stop.cancelled() => break Ok(false),
         };
         let record = match next {
             Ok(Some(record)) => record,
-            Ok(None) => break Ok(()),
+            Ok(None) => break Ok(true),
             Err(e) => break Err(format!("reading input failed: {e}")),
         };
         if record.is_empty() {
@@ -452,12 +465,12 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
             tokio::select! {
                 permit = w.acquire() => match permit {
                     Ok(p) => p.forget(),
-                    Err(_) => break Ok(()),
+                    Err(_) => break Ok(false),
                 },
                 _ = r.stop.cancelled() => {
                     let _ = r.events.send(Event::Submitted(seq));
                     let _ = r.events.send(Event::Refused(seq, record));
-                    break Ok(());
+                    break Ok(false);
                 }
             }
         }
@@ -482,15 +495,20 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
                 let _ = r
                     .events
                     .send(Event::Refused(seq, refused.into_inner().into_payload()));
-                break Ok(());
+                break Ok(false);
             }
         }
     };
-    let _ = r.events.send(Event::InputDone);
-    if let Err(e) = &result {
-        let _ = r.stop_tx.send(Stop::InputFailed(e.clone()));
+    let _ = r.events.send(Event::InputDone {
+        complete: matches!(result, Ok(true)),
+    });
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = r.stop_tx.send(Stop::InputFailed(e.clone()));
+            Err(e)
+        }
     }
-    result
 }
 
 /// Counts a final failure and, at --halt's limit, stops new jobs at once and

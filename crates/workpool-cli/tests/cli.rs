@@ -1054,3 +1054,104 @@ fn dash_input_is_stdin_and_a_log_cannot_be_stdout_or_the_input() {
     assert_eq!(dir.read("records"), "1\n2\n", "the input was damaged");
     assert!(!dir.path("ran").exists());
 }
+
+/// Before: stdout to /dev/full lost every job's output and exited 0.
+#[test]
+fn output_that_cannot_be_written_is_never_a_success() {
+    let dir = Dir::new("devfull");
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let mut child = workpool(&dir, &["-j", "2", "echo", "line"])
+        .stdin(Stdio::piped())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(b"1\n2\n3\n");
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing the jobs' output failed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Before: `| head -1` closing stdout ended the run with exit 0 and most
+/// records never run.
+#[test]
+fn a_closed_stdout_stops_the_run_with_status_141() {
+    let dir = Dir::new("headone");
+    let mut child = workpool(&dir, &["-j", "2", "echo", "line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("line"));
+    } // stdout's read end is dropped here, as `head -1` would.
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.contains("stdout was closed"), "{err}");
+    assert!(err.contains("not run"), "{err}");
+}
+
+/// Before: stderr to a closed pipe made `workpool` panic (exit 101).
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    let dir = Dir::new("closederr");
+    let mut child = workpool(&dir, &["sh", "-c", "echo oops >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let _ = child.stdin.take().unwrap().write_all(b"1\n2\n");
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(101), "panicked");
+    assert_ne!(status.code(), Some(0), "the jobs' stderr was lost");
+}
+
+/// Before: a job log that could not be written gave one error and exit 0.
+#[test]
+fn a_job_log_that_cannot_be_written_stops_intake_and_fails_the_run() {
+    let dir = Dir::new("fulllog");
+    let out = run(&dir, &["--joblog", "/dev/full", "echo", "x"], b"1\n2\n3\n");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing /dev/full failed"), "{err}");
+    assert!(err.contains("nothing more is started"), "{err}");
+}
+
+/// Before: a last log line whole but for its newline had the next run's
+/// first entry glued to it, and the following --resume refused the log.
+#[test]
+fn a_log_whose_last_line_lacks_its_newline_is_repaired() {
+    let dir = Dir::new("nonewline");
+    let out = run(&dir, &["--joblog", "log", "echo"], b"a\nb\n");
+    assert_eq!(out.status.code(), Some(0));
+    let mut log = std::fs::read(dir.path("log")).unwrap();
+    assert_eq!(log.pop(), Some(b'\n'));
+    std::fs::write(dir.path("log"), &log).unwrap();
+    let out = run(&dir, &["--joblog", "log", "--resume", "echo"], b"a\nb\nc\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&dir, &["--joblog", "log", "--resume", "echo"], b"a\nb\nc\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("3 skipped"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(joblog(&dir, "log").len(), 3);
+}
