@@ -173,7 +173,7 @@ impl Summary {
             parts.join(", ")
         );
         for (_, (record, why)) in &self.first_failures {
-            out.push_str(&format!("  failed: {record}: {why}\n"));
+            out.push_str(&format!("  {record}: {why}\n"));
         }
         let failures = self.count(OutcomeKind::Failed) + self.count(OutcomeKind::TimedOut);
         if failures > self.first_failures.len() as u64 {
@@ -226,9 +226,18 @@ fn keep_first<T>(list: &mut Vec<(u64, T)>, entry: (u64, T), n: usize) {
     }
 }
 
+/// A record as the summary shows it: quoted, and cut after
+/// [`SHOWN_RECORD`] characters (a record may be megabytes long).
 fn show(record: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(record))
+    let text = String::from_utf8_lossy(record);
+    match text.char_indices().nth(SHOWN_RECORD) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], record.len()),
+        None => format!("{text:?}"),
+    }
 }
+
+/// How many characters of a record the summary shows.
+const SHOWN_RECORD: usize = 60;
 
 impl Reporter {
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Summary {
@@ -260,7 +269,11 @@ impl Reporter {
                     *summary.counts.entry(done.kind).or_default() += 1;
                     if matches!(done.kind, OutcomeKind::Failed | OutcomeKind::TimedOut) {
                         failures += 1;
-                        let record = format!("record {} {}", done.seq, show(&done.record));
+                        let label = match done.kind {
+                            OutcomeKind::TimedOut => "timed out",
+                            _ => "failed",
+                        };
+                        let record = format!("{label}: record {} {}", done.seq, show(&done.record));
                         keep_first(
                             &mut summary.first_failures,
                             (done.seq, (record, self.why(&done))),

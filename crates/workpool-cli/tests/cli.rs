@@ -1155,3 +1155,41 @@ fn a_log_whose_last_line_lacks_its_newline_is_repaired() {
     );
     assert_eq!(joblog(&dir, "log").len(), 3);
 }
+
+/// Before: timeouts were listed under `failed:`, failures came in the order
+/// they ended, and a 1 MiB record was printed whole.
+#[test]
+fn the_summary_lists_failures_by_kind_in_record_order_and_cuts_long_records() {
+    let dir = Dir::new("summary");
+    // They end in the order 3 (a long record: too long an argument), 1, 2
+    // (timed out); the summary lists them 1, 2, 3.
+    let long = "y".repeat(1 << 20);
+    let input = format!("slow\nhang\n{long}\n");
+    let script = "case $0 in hang) sleep 5;; slow) sleep 0.3; exit 3;; *) exit 4;; esac";
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "3",
+            "--timeout",
+            "1s",
+            "--kill-after",
+            "100ms",
+            "sh",
+            "-c",
+            script,
+        ],
+        input.as_bytes(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    assert!(lines[0].starts_with("  failed: record 1 \"slow\""), "{err}");
+    assert!(
+        lines[1].starts_with("  timed out: record 2 \"hang\""),
+        "{err}"
+    );
+    assert!(lines[2].starts_with("  failed: record 3 \"yyy"), "{err}");
+    assert!(lines[2].contains(&format!("({} bytes)", 1 << 20)), "{err}");
+    assert!(err.len() < 10_000, "the long record was printed whole");
+}
