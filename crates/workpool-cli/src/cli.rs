@@ -26,10 +26,14 @@ Job log:
   failed or timed out); --resume-failed skips only those that succeeded.
 
 Signals:
-  The first SIGINT or SIGTERM stops reading input and lets running jobs finish
-  (up to --shutdown-timeout, then SIGTERM and after --kill-after SIGKILL to
-  their process groups); the records that did not run are named in the summary
-  and logged as unstarted. A second signal kills running jobs at once.
+  The first SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 or SIGALRM
+  stops reading input and lets running jobs finish (up to --shutdown-timeout,
+  then SIGTERM and after --kill-after SIGKILL to their process groups), and
+  says so on stderr; the records that did not run are named in the summary
+  and logged as unstarted. A second signal kills running jobs at once. The
+  exit status is 128 + the signal's number. Signals are obeyed also while
+  stdout is blocked by a reader that does not read (what is left of the
+  output is then lost) and during --dry-run.
 
 Exit status:
   0    every record was read and every job succeeded, its output delivered
@@ -38,7 +42,7 @@ Exit status:
        was started)
   2    usage or input error (bad flag, unreadable --input, unwritable or
        corrupt --joblog); nothing was run
-  130  interrupted by SIGINT
+  130  interrupted by SIGINT (128 + the number of any other signal above)
   141  stdout was closed (as by `| head`); nothing more was started (GNU
        parallel's status too)
   143  interrupted by SIGTERM";

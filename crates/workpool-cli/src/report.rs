@@ -240,14 +240,33 @@ fn show(record: &[u8]) -> String {
 const SHOWN_RECORD: usize = 60;
 
 impl Reporter {
-    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Summary {
+    /// Starts the reporter on a thread of its own; its summary comes through
+    /// the returned receiver (an error if the thread could not start or
+    /// panicked).
+    pub fn spawn(
+        self,
+        events: mpsc::UnboundedReceiver<Event>,
+    ) -> io::Result<tokio::sync::oneshot::Receiver<Summary>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("workpool-reporter".into())
+            .spawn(move || {
+                let _ = tx.send(self.run(events));
+            })?;
+        Ok(rx)
+    }
+
+    /// Runs on a thread of its own (`spawn`): its writes to stdout and
+    /// stderr block when their reader is slow, and must not hold a runtime
+    /// thread while they do.
+    pub fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Summary {
         let mut summary = Summary::default();
         let mut order: VecDeque<u64> = VecDeque::new();
         let mut waiting: HashMap<u64, Box<Done>> = HashMap::new();
         let (mut submitted, mut ended, mut failures) = (0u64, 0u64, 0u64);
         let mut input_done = false;
 
-        while let Some(event) = events.recv().await {
+        while let Some(event) = events.blocking_recv() {
             match event {
                 Event::Submitted(seq) => {
                     submitted += 1;

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncBufRead, BufReader};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use workpool::signal::{Signal, Signals};
 use workpool::{
     BoxError, Completion, Job, JobContext, Outcome, OutcomeKind, Permanent, Pool, RetryPolicy,
     permanent,
@@ -25,6 +25,9 @@ use crate::report::{Done, Event, OutputError, Reporter, Stop, progress_bar, say}
 
 /// The most records queued for free workers, whatever -j is.
 const MAX_QUEUED: usize = 4096;
+
+/// How long, after a signal, the reporter may take to write what is left.
+const REPORTER_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Long enough to mean "no limit" without overflowing a deadline.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -75,15 +78,6 @@ struct State {
     /// holds the hook, so this is a cycle; the process exits after the run.)
     pool: OnceLock<RunPool>,
     stop: mpsc::UnboundedSender<Stop>,
-}
-
-/// Exit status for an interrupted run.
-fn signal_status(kind: SignalKind) -> i32 {
-    if kind == SignalKind::terminate() {
-        143
-    } else {
-        130
-    }
 }
 
 type Input = Pin<Box<dyn AsyncBufRead + Send>>;
@@ -139,26 +133,29 @@ fn check_joblog(args: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Listens for SIGINT and SIGTERM from the start, so the first one never kills us.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
+/// The signals `workpool run` answers, listened for from the start so that
+/// none of them kills it and leaves its jobs behind: the first stops intake
+/// and lets running jobs finish, the second kills them. SIGHUP, SIGQUIT,
+/// SIGUSR1, SIGUSR2 and SIGALRM count as SIGTERM does.
+const HANDLED: [Signal; 7] = [
+    Signal::Interrupt,
+    Signal::Terminate,
+    Signal::Hangup,
+    Signal::Quit,
+    Signal::User1,
+    Signal::User2,
+    Signal::Alarm,
+];
+
+fn listen() -> Result<Signals, String> {
+    Signals::new(&HANDLED).map_err(|e| format!("cannot install signal handlers: {e}"))
 }
 
-impl Signals {
-    fn new() -> Result<Self, String> {
-        let listen = |k| signal(k).map_err(|e| format!("cannot install signal handlers: {e}"));
-        Ok(Signals {
-            int: listen(SignalKind::interrupt())?,
-            term: listen(SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) -> SignalKind {
-        tokio::select! {
-            _ = self.int.recv() => SignalKind::interrupt(),
-            _ = self.term.recv() => SignalKind::terminate(),
-        }
+/// The next signal; an error to listen is taken as none ever coming.
+async fn next_signal(signals: &mut Signals) -> Signal {
+    match signals.recv().await {
+        Ok(s) => s,
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -169,14 +166,18 @@ impl Signals {
 /// A usage or input problem found before anything ran (exit status 2).
 pub async fn run(args: RunArgs) -> Result<i32, String> {
     let started = Instant::now();
-    let mut signals = Signals::new()?;
+    let mut signals = listen()?;
     let template = Template::new(args.command.clone());
     let separator = if args.null { 0 } else { b'\n' };
     check_joblog(&args)?;
     let input = open_input(&args).await?;
 
     if args.dry_run {
-        return dry_run(input, separator, &template).await;
+        // A signal ends even a dry run waiting on its input.
+        return tokio::select! {
+            status = dry_run(input, separator, &template) => status,
+            s = next_signal(&mut signals) => Ok(s.exit_code()),
+        };
     }
 
     let resume_mode = match (args.resume, args.resume_failed) {
@@ -253,7 +254,9 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         timeout: args.timeout,
         stop: stop_tx.clone(),
     };
-    let reporter = tokio::spawn(reporter.run(events_rx));
+    let reporter = reporter
+        .spawn(events_rx)
+        .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
 
     // The reader: streams records into the pool, waiting when the queue is full.
     let stop_reading = CancellationToken::new();
@@ -286,10 +289,17 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let mut interrupted = None;
     let mut input_error = None;
     let first = tokio::select! {
-        s = signals.recv() => { interrupted = Some(s); None }
+        s = next_signal(&mut signals) => { interrupted = Some(s); None }
         stop = stop_rx.recv() => stop,
     };
     stop_reading.cancel();
+    if let Some(s) = interrupted {
+        say(&format!(
+            "workpool: {} received: starting nothing more; running jobs get up to {:?} to finish (send it again to kill them now)\n",
+            signal_name(s),
+            args.shutdown_timeout
+        ));
+    }
 
     // The stop order: refuse new jobs first (the reader sees Closed and
     // reports what it holds as not run), then let running jobs finish as long
@@ -315,7 +325,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let report = loop {
         tokio::select! {
             report = &mut shutdown => break report,
-            s = signals.recv() => {
+            s = next_signal(&mut signals) => {
                 if interrupted.is_none() {
                     // First signal during a halt or the final drain: stop running jobs now.
                     interrupted = Some(s);
@@ -337,15 +347,29 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     drop(alive_tx);
     let _ = alive.recv().await;
     let _ = events.send(Event::Finish);
-    let mut summary = reporter.await.unwrap_or_default();
+    // The reporter may be blocked writing to a reader that does not read. A
+    // signal then ends the run without waiting for it; after a signal, it
+    // gets a moment to finish.
+    let patience = match interrupted {
+        Some(_) => REPORTER_PATIENCE,
+        None => FOREVER,
+    };
+    let mut summary = tokio::select! {
+        summary = reporter => summary.unwrap_or_default(),
+        s = next_signal(&mut signals) => {
+            kill_groups(&state.groups);
+            say("workpool: stopped while the output was not being read; the rest of it is lost\n");
+            return Ok(interrupted.unwrap_or(s).exit_code());
+        }
+        _ = tokio::time::sleep(patience) => {
+            kill_groups(&state.groups);
+            say("workpool: the output is not being read; the rest of it is lost\n");
+            return Ok(interrupted.map_or(1, Signal::exit_code));
+        }
+    };
     summary.halted = state.halted.load(Ordering::SeqCst);
     // No child outlives us, even one whose job the pool gave up on.
-    for pgid in lock(&state.groups).drain() {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_groups(&state.groups);
     // The summary is built from the handles' outcomes, the report from the
     // pool's counters: one count per job either way.
     if let Some(mismatch) = disagreement(&summary, report.stats()) {
@@ -360,7 +384,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         return Ok(2);
     }
     Ok(match (interrupted, &summary.output_error) {
-        (Some(kind), _) => signal_status(kind),
+        (Some(signal), _) => signal.exit_code(),
         // As GNU parallel: the status of a process killed by SIGPIPE.
         (None, Some(OutputError::Closed)) => 141,
         (None, Some(OutputError::Failed(_))) => 1,
@@ -389,6 +413,29 @@ fn disagreement(summary: &crate::report::Summary, stats: &workpool::Stats) -> Op
         ));
     }
     (!off.is_empty()).then(|| off.join(", "))
+}
+
+/// SIGKILLs every process group still known.
+fn kill_groups(groups: &Mutex<HashSet<i32>>) {
+    for pgid in lock(groups).drain() {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// A signal's usual name.
+fn signal_name(s: Signal) -> &'static str {
+    match s {
+        Signal::Interrupt => "SIGINT",
+        Signal::Terminate => "SIGTERM",
+        Signal::Hangup => "SIGHUP",
+        Signal::Quit => "SIGQUIT",
+        Signal::User1 => "SIGUSR1",
+        Signal::User2 => "SIGUSR2",
+        Signal::Alarm => "SIGALRM",
+    }
 }
 
 async fn dry_run(input: Input, separator: u8, template: &Template) -> Result<i32, String> {

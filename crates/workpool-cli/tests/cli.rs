@@ -1193,3 +1193,132 @@ fn the_summary_lists_failures_by_kind_in_record_order_and_cuts_long_records() {
     assert!(lines[2].contains(&format!("({} bytes)", 1 << 20)), "{err}");
     assert!(err.len() < 10_000, "the long record was printed whole");
 }
+
+/// Before: SIGHUP, SIGQUIT, SIGUSR1 and SIGALRM killed `workpool` and left
+/// every job running. Each now stops the run as SIGTERM does, with 128 + its
+/// number, and no job's process is left.
+#[test]
+fn other_stop_signals_stop_the_run_and_leave_no_job_behind() {
+    use nix::sys::signal::Signal::{SIGALRM, SIGHUP, SIGQUIT, SIGUSR1};
+    for (sig, status) in [
+        (SIGHUP, 129),
+        (SIGQUIT, 131),
+        (SIGUSR1, 138),
+        (SIGALRM, 142),
+    ] {
+        let dir = Dir::new(&format!("sig{status}"));
+        let mut child = workpool(
+            &dir,
+            &[
+                "-j",
+                "2",
+                "--shutdown-timeout",
+                "100ms",
+                "--kill-after",
+                "100ms",
+                "sh",
+                "-c",
+                "echo $$ > pid-$0; exec sleep 30",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"1\n2\n3\n");
+        wait_for(&dir.path("pid-1"));
+        wait_for(&dir.path("pid-2"));
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "{sig}: {}",
+            text(&out.stderr)
+        );
+        for n in 1..=2 {
+            let pid: i32 = dir.read(&format!("pid-{n}")).trim().parse().unwrap();
+            assert!(!alive(pid), "{sig}: job {n} (pid {pid}) outlived workpool");
+        }
+    }
+}
+
+/// Before: the first Ctrl-C printed nothing for up to --shutdown-timeout.
+#[test]
+fn the_first_signal_says_what_happens_next() {
+    let dir = Dir::new("sigsay");
+    let child = interruptible(&dir, 1, &[]);
+    wait_for(&dir.path("started-1"));
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("SIGINT received"), "{err}");
+    assert!(err.contains("send it again to kill them"), "{err}");
+}
+
+/// Before: a dry run waiting for its input ignored SIGINT and SIGTERM.
+#[test]
+fn a_dry_run_waiting_for_input_obeys_signals() {
+    let dir = Dir::new("drysig");
+    let mut child = workpool(&dir, &["--dry-run", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"1\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let status = exit_within(&mut child, Duration::from_secs(5));
+    drop(stdin);
+    assert_eq!(status, Some(143));
+}
+
+/// The child's exit status, waiting at most `limit`; a child still running
+/// then is killed and the test fails.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after the signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Before: with stdout blocked (a reader that does not read), SIGINT, a
+/// second SIGINT and SIGTERM were all ignored until the reader went away.
+#[test]
+fn signals_are_obeyed_while_stdout_is_blocked() {
+    let dir = Dir::new("blocked");
+    let mut child = workpool(
+        &dir,
+        &[
+            "-j",
+            "2",
+            "--shutdown-timeout",
+            "200ms",
+            "head",
+            "-c",
+            "1048576",
+            "/dev/zero",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped()) // never read
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let input: String = (1..=50).map(|i| format!("{i}\n")).collect();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let status = exit_within(&mut child, Duration::from_secs(15));
+    assert_eq!(status, Some(130));
+}

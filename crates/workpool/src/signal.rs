@@ -1,4 +1,5 @@
-//! Turns SIGINT/SIGTERM (Ctrl-C on Windows) into a graceful shutdown.
+//! Turns SIGINT/SIGTERM/SIGHUP/SIGQUIT (Ctrl-C on Windows) into a graceful
+//! shutdown, and a listener for any set of signals.
 
 use std::io;
 use std::time::Duration;
@@ -7,53 +8,117 @@ use crate::lifecycle::report::ShutdownReport;
 use crate::pool::Pool;
 
 /// Which signal arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Signal {
     /// SIGINT (Ctrl-C).
     Interrupt,
     /// SIGTERM.
     Terminate,
+    /// SIGHUP (the terminal went away).
+    Hangup,
+    /// SIGQUIT (Ctrl-\\).
+    Quit,
+    /// SIGUSR1.
+    User1,
+    /// SIGUSR2.
+    User2,
+    /// SIGALRM.
+    Alarm,
 }
 
 impl Signal {
-    /// The exit status a shell expects after this signal: 130 or 143.
-    pub fn exit_code(self) -> i32 {
+    /// The signals that ask a process to stop: SIGINT, SIGTERM, SIGHUP and
+    /// SIGQUIT. What [`shutdown_on_signal`] listens for.
+    pub const STOP: [Signal; 4] = [
+        Signal::Interrupt,
+        Signal::Terminate,
+        Signal::Hangup,
+        Signal::Quit,
+    ];
+
+    /// The signal's number on Linux.
+    pub fn number(self) -> i32 {
         match self {
-            Signal::Interrupt => 130,
-            Signal::Terminate => 143,
+            Signal::Hangup => 1,
+            Signal::Interrupt => 2,
+            Signal::Quit => 3,
+            Signal::User1 => 10,
+            Signal::User2 => 12,
+            Signal::Alarm => 14,
+            Signal::Terminate => 15,
+        }
+    }
+
+    /// The exit status a shell expects after this signal: 128 + its number
+    /// (130 for SIGINT, 143 for SIGTERM).
+    pub fn exit_code(self) -> i32 {
+        128 + self.number()
+    }
+
+    #[cfg(unix)]
+    fn kind(self) -> tokio::signal::unix::SignalKind {
+        use tokio::signal::unix::SignalKind;
+        match self {
+            Signal::Interrupt => SignalKind::interrupt(),
+            Signal::Terminate => SignalKind::terminate(),
+            Signal::Hangup => SignalKind::hangup(),
+            Signal::Quit => SignalKind::quit(),
+            Signal::User1 => SignalKind::user_defined1(),
+            Signal::User2 => SignalKind::user_defined2(),
+            Signal::Alarm => SignalKind::alarm(),
         }
     }
 }
 
-/// Listens for SIGINT and SIGTERM from the moment it is created.
-struct Listener {
+/// Listens for a set of signals from the moment it is created: from then on
+/// they no longer have their default effect (ending the process), and
+/// [`recv`](Self::recv) returns each as it arrives.
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
+    listeners: Vec<(Signal, tokio::signal::unix::Signal)>,
 }
 
-impl Listener {
-    fn new() -> io::Result<Self> {
+impl Signals {
+    /// Starts listening for `signals`.
+    ///
+    /// # Errors
+    ///
+    /// When a handler cannot be installed.
+    pub fn new(signals: &[Signal]) -> io::Result<Self> {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Listener {
-                int: signal(SignalKind::interrupt())?,
-                term: signal(SignalKind::terminate())?,
-            })
+            let listeners = signals
+                .iter()
+                .map(|s| Ok((*s, tokio::signal::unix::signal(s.kind())?)))
+                .collect::<io::Result<_>>()?;
+            Ok(Signals { listeners })
         }
         #[cfg(not(unix))]
-        Ok(Listener {})
+        {
+            let _ = signals;
+            Ok(Signals {})
+        }
     }
 
-    async fn recv(&mut self) -> io::Result<Signal> {
+    /// Waits for the next signal (on other platforms than Unix: Ctrl-C, as
+    /// `Interrupt`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a signal that arrives meanwhile is kept for the next call.
+    pub async fn recv(&mut self) -> io::Result<Signal> {
         #[cfg(unix)]
         {
-            tokio::select! {
-                _ = self.int.recv() => Ok(Signal::Interrupt),
-                _ = self.term.recv() => Ok(Signal::Terminate),
-            }
+            std::future::poll_fn(|cx| {
+                for (signal, listener) in &mut self.listeners {
+                    if listener.poll_recv(cx).is_ready() {
+                        return std::task::Poll::Ready(Ok(*signal));
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await
         }
         #[cfg(not(unix))]
         {
@@ -63,7 +128,8 @@ impl Listener {
     }
 }
 
-/// Runs until SIGINT or SIGTERM, then shuts `pool` down gracefully with
+/// Runs until SIGINT, SIGTERM, SIGHUP or SIGQUIT ([`Signal::STOP`]), then
+/// shuts `pool` down gracefully with
 /// `timeout` (see [`Pool::shutdown`]). A second signal during the shutdown
 /// cancels running jobs at once ([`Pool::cancel_running`]). Returns the first
 /// signal and the report.
@@ -93,7 +159,7 @@ pub async fn shutdown_on_signal<P: Send + 'static, T: Send + 'static>(
     pool: &Pool<P, T>,
     timeout: Duration,
 ) -> io::Result<(Signal, ShutdownReport<P>)> {
-    let mut listener = Listener::new()?;
+    let mut listener = Signals::new(&Signal::STOP)?;
     let first = listener.recv().await?;
     tracing::info!(target: "workpool", ?first, "signal received: shutting down; send another to cancel running jobs");
     let shutdown = pool.shutdown(timeout);
