@@ -14,14 +14,14 @@ use tokio_util::sync::CancellationToken;
 use workpool::signal::{Signal, Signals};
 use workpool::{
     BoxError, Completion, Job, JobContext, Outcome, OutcomeKind, Permanent, Pool, RetryPolicy,
-    permanent,
+    ShutdownReport, permanent,
 };
 
 use crate::cli::{Halt, HaltWhen, RunArgs};
 use crate::command::{self, Ran, Template, lock};
 use crate::input::Records;
 use crate::joblog::{JobLog, Previous, ResumeMode};
-use crate::report::{Done, Event, OutputError, Reporter, Stop, progress_bar, say};
+use crate::report::{Done, Event, OutputError, Reporter, Stop, Summary, progress_bar, say};
 
 /// The most records queued for free workers, whatever -j is.
 const MAX_QUEUED: usize = 4096;
@@ -161,6 +161,11 @@ async fn next_signal(signals: &mut Signals) -> Signal {
 
 /// Runs `workpool run`; returns the exit status.
 ///
+/// The steps, in order: open the input and the job log (usage errors before
+/// anything runs), build the pool, start the reporter and the reader, wait
+/// for the first reason to stop, stop (the stop order is in `stop`), and
+/// finish (the summary and the exit status).
+///
 /// # Errors
 ///
 /// A usage or input problem found before anything ran (exit status 2).
@@ -180,24 +185,12 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         };
     }
 
-    let resume_mode = match (args.resume, args.resume_failed) {
-        (true, _) => Some(ResumeMode::Finished),
-        (_, true) => Some(ResumeMode::Succeeded),
-        _ => None,
-    };
-    let (joblog, previous) = match &args.joblog {
-        Some(path) => {
-            let (log, prev) = JobLog::open(path, resume_mode.is_some())?;
-            (Some(log), prev)
-        }
-        None => (None, Previous::default()),
-    };
-
+    let (joblog, previous, resume_mode) = open_joblog(&args)?;
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (events, events_rx) = mpsc::unbounded_channel();
-    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let state = Arc::new(State {
         template,
         kill_after: args.kill_after,
@@ -210,11 +203,235 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         pool: OnceLock::new(),
         stop: stop_tx.clone(),
     });
+    let pool = build_pool(&args, jobs, &state)?;
 
+    let window = args
+        .keep_order
+        .then(|| Arc::new(Semaphore::new(jobs * 4 + 16)));
+    let bar = progress_bar(args.bar);
+    let reporter = Reporter {
+        keep_order: args.keep_order,
+        joblog,
+        bar: bar.clone(),
+        window: window.clone(),
+        timeout: args.timeout,
+        stop: stop_tx.clone(),
+    }
+    .spawn(events_rx)
+    .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
+
+    // The reader: streams records into the pool, waiting when the queue is full.
+    let stop_reading = CancellationToken::new();
+    let (alive_tx, alive) = mpsc::channel::<()>(1);
+    let reader = tokio::spawn(read_input(ReadInput {
+        records: Records::new(input, separator),
+        pool: pool.clone(),
+        template: state.template.clone(),
+        alive: alive_tx,
+        jobs,
+        events: events.clone(),
+        previous,
+        resume_mode,
+        joblog_path: args.joblog.clone(),
+        window,
+        stop: stop_reading.clone(),
+        stop_tx,
+    }));
+    if let Some(bar) = &bar {
+        let (pool, bar) = (pool.clone(), bar.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_prefix(pool.stats().running.to_string());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    let mut run = Running {
+        args,
+        started,
+        signals,
+        state,
+        pool,
+        events,
+        interrupted: None,
+        input_error: None,
+    };
+    let first = run.first_stop(stop_rx).await;
+    stop_reading.cancel();
+    let report = run.stop(first).await;
+    run.finish(reader, alive, reporter, report).await
+}
+
+/// A run once everything is started.
+struct Running {
+    args: RunArgs,
+    started: Instant,
+    signals: Signals,
+    state: Arc<State>,
+    pool: RunPool,
+    events: mpsc::UnboundedSender<Event>,
+    /// The first signal, if one came.
+    interrupted: Option<Signal>,
+    input_error: Option<String>,
+}
+
+impl Running {
+    /// Waits for the first reason to stop: every record read and every job
+    /// ended, a signal (`None`), a halt, output that cannot be written, or
+    /// an input error.
+    async fn first_stop(&mut self, mut stop_rx: mpsc::UnboundedReceiver<Stop>) -> Option<Stop> {
+        let first = tokio::select! {
+            s = next_signal(&mut self.signals) => { self.interrupted = Some(s); None }
+            stop = stop_rx.recv() => stop,
+        };
+        if let Some(s) = self.interrupted {
+            say(&format!(
+                "workpool: {} received: starting nothing more; running jobs get up to {:?} to finish (send it again to kill them now)\n",
+                signal_name(s),
+                self.args.shutdown_timeout
+            ));
+        }
+        first
+    }
+
+    /// The stop order: refuse new jobs first (the reader sees Closed and
+    /// reports what it holds as not run), then let running jobs finish as
+    /// long as this way of stopping allows; a signal meanwhile cancels them,
+    /// a second one kills them.
+    async fn stop(&mut self, first: Option<Stop>) -> ShutdownReport<Vec<u8>> {
+        let (drain, timeout) = match first {
+            Some(Stop::AllDone) => (true, FOREVER),
+            Some(Stop::Halt(HaltWhen::Now)) => (false, Duration::ZERO),
+            Some(Stop::Halt(HaltWhen::Soon) | Stop::CannotReport) => (false, FOREVER),
+            Some(Stop::InputFailed(e)) => {
+                self.input_error = Some(e);
+                (false, FOREVER)
+            }
+            None => (false, self.args.shutdown_timeout),
+        };
+        let pool = self.pool.clone();
+        let shutdown = async move {
+            if drain {
+                pool.shutdown(timeout).await
+            } else {
+                pool.shutdown_without_draining(timeout).await
+            }
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                report = &mut shutdown => return report,
+                s = next_signal(&mut self.signals) => {
+                    if self.interrupted.is_none() {
+                        // First signal during a halt or the final drain: stop running jobs now.
+                        self.interrupted = Some(s);
+                    } else {
+                        // Second signal: kill at once.
+                        self.state.kill_now.cancel();
+                    }
+                    self.pool.cancel_running();
+                }
+            }
+        }
+    }
+
+    /// Collects the last outcomes and the summary, stops every process group
+    /// still known, prints the summary; the exit status.
+    async fn finish(
+        mut self,
+        reader: tokio::task::JoinHandle<Result<(), String>>,
+        mut alive: mpsc::Receiver<()>,
+        reporter: tokio::sync::oneshot::Receiver<Summary>,
+        report: ShutdownReport<Vec<u8>>,
+    ) -> Result<i32, String> {
+        // The reader ends promptly: reading was cancelled and submits now fail.
+        if let Ok(Err(e)) = reader.await {
+            self.input_error.get_or_insert(e);
+        }
+        // Each job's handle is awaited by a task of its own, which passes the
+        // outcome on to the reporter; the last one gone closes this channel.
+        let _ = alive.recv().await;
+        let _ = self.events.send(Event::Finish);
+        let Some(mut summary) = self.summary(reporter).await else {
+            kill_groups(&self.state.groups);
+            return Ok(self.interrupted.map_or(1, Signal::exit_code));
+        };
+        summary.halted = self.state.halted.load(Ordering::SeqCst);
+        // No child outlives us, even one whose job the pool gave up on.
+        kill_groups(&self.state.groups);
+        // The summary is built from the handles' outcomes, the report from the
+        // pool's counters: one count per job either way.
+        if let Some(mismatch) = disagreement(&summary, report.stats()) {
+            say(&format!(
+                "workpool: internal error: the summary and the pool disagree: {mismatch}\n"
+            ));
+        }
+        say(&summary.render(self.started.elapsed()));
+        if let Some(e) = self.input_error {
+            say(&format!("workpool: {e}\n"));
+            return Ok(2);
+        }
+        Ok(match (self.interrupted, &summary.output_error) {
+            (Some(signal), _) => signal.exit_code(),
+            // As GNU parallel: the status of a process killed by SIGPIPE.
+            (None, Some(OutputError::Closed)) => 141,
+            (None, Some(OutputError::Failed(_))) => 1,
+            (None, None) if summary.any_failed() || summary.halted => 1,
+            (None, None) if summary.joblog_error.is_some() => 1,
+            (None, None) => 0,
+        })
+    }
+
+    /// The reporter's summary. It may be blocked writing to a reader that
+    /// does not read: a signal then ends the wait (`None`), and after a
+    /// signal it gets [`REPORTER_PATIENCE`] to finish.
+    async fn summary(
+        &mut self,
+        reporter: tokio::sync::oneshot::Receiver<Summary>,
+    ) -> Option<Summary> {
+        let patience = match self.interrupted {
+            Some(_) => REPORTER_PATIENCE,
+            None => FOREVER,
+        };
+        tokio::select! {
+            summary = reporter => Some(summary.unwrap_or_default()),
+            s = next_signal(&mut self.signals) => {
+                self.interrupted.get_or_insert(s);
+                say("workpool: stopped while the output was not being read; the rest of it is lost\n");
+                None
+            }
+            _ = tokio::time::sleep(patience) => {
+                say("workpool: the output is not being read; the rest of it is lost\n");
+                None
+            }
+        }
+    }
+}
+
+/// The job log, what it says finished (when resuming), and how to resume.
+fn open_joblog(args: &RunArgs) -> Result<(Option<JobLog>, Previous, Option<ResumeMode>), String> {
+    let resume_mode = match (args.resume, args.resume_failed) {
+        (true, _) => Some(ResumeMode::Finished),
+        (_, true) => Some(ResumeMode::Succeeded),
+        _ => None,
+    };
+    match &args.joblog {
+        Some(path) => {
+            let (log, previous) = JobLog::open(path, resume_mode.is_some())?;
+            Ok((Some(log), previous, resume_mode))
+        }
+        None => Ok((None, Previous::default(), resume_mode)),
+    }
+}
+
+/// The pool: workers added as records come, the queue at most
+/// [`MAX_QUEUED`], the retry policy and timeout of the flags, the hook that
+/// halts.
+fn build_pool(args: &RunArgs, jobs: usize, state: &Arc<State>) -> Result<RunPool, String> {
     let mut builder = Pool::builder()
         // Workers are added as records come (see `read_input`): -j a million
-        // with three records costs three workers. The queue holds up to -j
-        // records, at most MAX_QUEUED.
+        // with three records costs three workers.
         .workers(1)
         .queue_capacity(jobs.min(MAX_QUEUED))
         // The handler stops its command itself (TERM, then KILL after
@@ -229,8 +446,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     if let Some(t) = args.timeout {
         builder = builder.default_timeout(t);
     }
-    let hook_state = state.clone();
-    let handler_state = state.clone();
+    let (hook_state, handler_state) = (state.clone(), state.clone());
     let pool: RunPool = builder
         .on_outcome(move |c: &Completion<Vec<u8>, Attempted>| {
             check_halt(&hook_state, c.outcome().kind());
@@ -241,157 +457,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         })
         .map_err(|e| e.to_string())?;
     let _ = state.pool.set(pool.clone());
-
-    let window = args
-        .keep_order
-        .then(|| Arc::new(Semaphore::new(jobs * 4 + 16)));
-    let bar = progress_bar(args.bar);
-    let reporter = Reporter {
-        keep_order: args.keep_order,
-        joblog,
-        bar: bar.clone(),
-        window: window.clone(),
-        timeout: args.timeout,
-        stop: stop_tx.clone(),
-    };
-    let reporter = reporter
-        .spawn(events_rx)
-        .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
-
-    // The reader: streams records into the pool, waiting when the queue is full.
-    let stop_reading = CancellationToken::new();
-    let (alive_tx, mut alive) = mpsc::channel::<()>(1);
-    let reader = tokio::spawn(read_input(ReadInput {
-        records: Records::new(input, separator),
-        pool: pool.clone(),
-        template: state.template.clone(),
-        alive: alive_tx.clone(),
-        jobs,
-        events: events.clone(),
-        previous,
-        resume_mode,
-        joblog_path: args.joblog.clone(),
-        window,
-        stop: stop_reading.clone(),
-        stop_tx: stop_tx.clone(),
-    }));
-    if let Some(bar) = &bar {
-        let (pool, bar) = (pool.clone(), bar.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_prefix(pool.stats().running.to_string());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-    }
-
-    // Run until the input is done and every job ended, a signal, or a halt.
-    let mut interrupted = None;
-    let mut input_error = None;
-    let first = tokio::select! {
-        s = next_signal(&mut signals) => { interrupted = Some(s); None }
-        stop = stop_rx.recv() => stop,
-    };
-    stop_reading.cancel();
-    if let Some(s) = interrupted {
-        say(&format!(
-            "workpool: {} received: starting nothing more; running jobs get up to {:?} to finish (send it again to kill them now)\n",
-            signal_name(s),
-            args.shutdown_timeout
-        ));
-    }
-
-    // The stop order: refuse new jobs first (the reader sees Closed and
-    // reports what it holds as not run), then let running jobs finish as long
-    // as this way of stopping allows, then stop their process groups.
-    let (drain, timeout) = match first {
-        Some(Stop::AllDone) => (true, FOREVER),
-        Some(Stop::Halt(HaltWhen::Now)) => (false, Duration::ZERO),
-        Some(Stop::Halt(HaltWhen::Soon) | Stop::CannotReport) => (false, FOREVER),
-        Some(Stop::InputFailed(e)) => {
-            input_error = Some(e);
-            (false, FOREVER)
-        }
-        None => (false, args.shutdown_timeout),
-    };
-    let shutdown = async {
-        if drain {
-            pool.shutdown(timeout).await
-        } else {
-            pool.shutdown_without_draining(timeout).await
-        }
-    };
-    tokio::pin!(shutdown);
-    let report = loop {
-        tokio::select! {
-            report = &mut shutdown => break report,
-            s = next_signal(&mut signals) => {
-                if interrupted.is_none() {
-                    // First signal during a halt or the final drain: stop running jobs now.
-                    interrupted = Some(s);
-                    pool.cancel_running();
-                } else {
-                    // Second signal: kill at once.
-                    state.kill_now.cancel();
-                    pool.cancel_running();
-                }
-            }
-        }
-    };
-    // The reader ends promptly: reading was cancelled and submits now fail.
-    if let Ok(Err(e)) = reader.await {
-        input_error.get_or_insert(e);
-    }
-    // Each job's handle is awaited by a task of its own, which passes the
-    // outcome on to the reporter; the last one gone closes this channel.
-    drop(alive_tx);
-    let _ = alive.recv().await;
-    let _ = events.send(Event::Finish);
-    // The reporter may be blocked writing to a reader that does not read. A
-    // signal then ends the run without waiting for it; after a signal, it
-    // gets a moment to finish.
-    let patience = match interrupted {
-        Some(_) => REPORTER_PATIENCE,
-        None => FOREVER,
-    };
-    let mut summary = tokio::select! {
-        summary = reporter => summary.unwrap_or_default(),
-        s = next_signal(&mut signals) => {
-            kill_groups(&state.groups);
-            say("workpool: stopped while the output was not being read; the rest of it is lost\n");
-            return Ok(interrupted.unwrap_or(s).exit_code());
-        }
-        _ = tokio::time::sleep(patience) => {
-            kill_groups(&state.groups);
-            say("workpool: the output is not being read; the rest of it is lost\n");
-            return Ok(interrupted.map_or(1, Signal::exit_code));
-        }
-    };
-    summary.halted = state.halted.load(Ordering::SeqCst);
-    // No child outlives us, even one whose job the pool gave up on.
-    kill_groups(&state.groups);
-    // The summary is built from the handles' outcomes, the report from the
-    // pool's counters: one count per job either way.
-    if let Some(mismatch) = disagreement(&summary, report.stats()) {
-        say(&format!(
-            "workpool: internal error: the summary and the pool disagree: {mismatch}\n"
-        ));
-    }
-
-    say(&summary.render(started.elapsed()));
-    if let Some(e) = input_error {
-        say(&format!("workpool: {e}\n"));
-        return Ok(2);
-    }
-    Ok(match (interrupted, &summary.output_error) {
-        (Some(signal), _) => signal.exit_code(),
-        // As GNU parallel: the status of a process killed by SIGPIPE.
-        (None, Some(OutputError::Closed)) => 141,
-        (None, Some(OutputError::Failed(_))) => 1,
-        (None, None) if summary.any_failed() || summary.halted => 1,
-        (None, None) if summary.joblog_error.is_some() => 1,
-        (None, None) => 0,
-    })
+    Ok(pool)
 }
 
 /// Where the summary's counts differ from the pool's, if anywhere. Records
