@@ -37,10 +37,12 @@ n_true=10000
 n_sleep=1000
 # The 10^7-record run takes over an hour on 2 cores (a fork and exec per
 # record): opt in with CLI_MEMORY_LARGE=10000000.
+n_slow=2000
+slow_s=5
 mem_small=100000
 mem_large=${CLI_MEMORY_LARGE:-1000000}
 if [[ $quick -eq 1 ]]; then
-    reps=1; n_true=100; n_sleep=20; mem_small=1000; mem_large=10000
+    reps=1; n_true=100; n_sleep=20; mem_small=1000; mem_large=10000; n_slow=50; slow_s=1
 fi
 
 # The input of the sleep workload: n lines of 0.01 (no `yes | head`, whose
@@ -98,6 +100,17 @@ per_job() {
     for n in $mem_small $mem_large; do
         kb=$( { /usr/bin/time -f '%M' sh -c "seq $n | '$workpool' run -j 8 true >/dev/null 2>/dev/null"; } 2>&1 | tail -1)
         echo "| $n | $((kb / 1024)) MiB ($kb KiB) |"
+    done
+    echo
+    echo "### Memory with a slow reader: \`seq N | workpool run -j 4 [-k] head -c 1048576 /dev/zero | (sleep S; wc -c)\`"
+    echo
+    echo "1 MiB of output per job, a reader that reads nothing for S seconds (the target: under 64 MiB whatever the output and the reader)."
+    echo
+    echo "| flags | jobs | output | peak RSS |"
+    echo "| --- | --- | --- | --- |"
+    for k in "" "-k"; do
+        kb=$( { /usr/bin/time -f '%M' sh -c "seq $n_slow | '$workpool' run $k -j 4 head -c 1048576 /dev/zero 2>/dev/null | (sleep $slow_s; wc -c) >/dev/null"; } 2>&1 | tail -1)
+        echo "| ${k:-(none)} | $n_slow | $n_slow MiB | $((kb / 1024)) MiB ($kb KiB) |"
     done
     echo
 } > "$out/cli-results.md"

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use workpool::JobContext;
+
+use crate::capture::Captured;
 
 const PLACEHOLDER: &[u8] = b"{}";
 
@@ -114,8 +115,19 @@ impl Exit {
 #[derive(Debug)]
 pub struct Ran {
     pub exit: Exit,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+impl Ran {
+    /// A command that did not start, and why.
+    pub fn not_started(why: String) -> Self {
+        Ran {
+            exit: Exit::NotStarted(why),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+        }
+    }
 }
 
 /// Locks, ignoring poison: no critical section here leaves its data half-written.
@@ -191,6 +203,7 @@ pub async fn run(
     kill_now: &CancellationToken,
     groups: &Mutex<HashSet<i32>>,
     programs: &Programs,
+    capture_limit: usize,
 ) -> Ran {
     let mut cmd = match programs.find(&argv[0]) {
         Some(path) => {
@@ -209,11 +222,7 @@ pub async fn run(
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            return Ran {
-                exit: Exit::NotStarted(format!("cannot run {}: {e}", quote(&argv[0]))),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
+            return Ran::not_started(format!("cannot run {}: {e}", quote(&argv[0])));
         }
     };
     // A spawned child that has not been waited for always has an id.
@@ -223,22 +232,10 @@ pub async fn run(
         reaped: false,
     };
     lock(groups).insert(pgid);
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let read_out = async {
-        let mut buf = Vec::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_end(&mut buf).await;
-        }
-        buf
-    };
-    let read_err = async {
-        let mut buf = Vec::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_end(&mut buf).await;
-        }
-        buf
-    };
+    // What a command prints is kept in memory up to `capture_limit` bytes
+    // per stream, the rest in a temporary file.
+    let read_out = capture(child.stdout.take(), capture_limit);
+    let read_err = capture(child.stderr.take(), capture_limit);
     let wait = async {
         let status = tokio::select! {
             status = child.wait() => status,
@@ -280,6 +277,14 @@ pub async fn run(
         exit,
         stdout,
         stderr,
+    }
+}
+
+/// Reads a pipe of the job's to its end (nothing if it has none).
+async fn capture(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Captured {
+    match pipe {
+        Some(mut p) => Captured::read(&mut p, limit).await.unwrap_or_default(),
+        None => Captured::default(),
     }
 }
 

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 use workpool::OutcomeKind;
 
+use crate::capture::Captured;
 use crate::cli::HaltWhen;
 use crate::command::{self, Exit};
 use crate::joblog::{Entry, JobLog};
@@ -28,8 +29,10 @@ pub struct Done {
     pub argv: Vec<OsString>,
     pub start: Option<SystemTime>,
     pub exit: Option<Exit>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    /// The end of stderr, for the summary and the job log.
+    pub stderr_tail: Vec<u8>,
 }
 
 impl Done {
@@ -45,8 +48,9 @@ impl Done {
             argv: Vec::new(),
             start: None,
             exit: None,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            stderr_tail: Vec::new(),
         }
     }
 }
@@ -86,8 +90,10 @@ pub struct Reporter {
     pub keep_order: bool,
     pub joblog: Option<JobLog>,
     pub bar: Option<ProgressBar>,
-    /// With --keep-order: one permit per job whose output is not yet printed.
-    pub window: Option<std::sync::Arc<Semaphore>>,
+    /// One permit per job whose output is not yet printed: the reader takes
+    /// one before it submits, the reporter gives it back once printed. So the
+    /// outputs held at once are bounded whatever the reader of stdout does.
+    pub window: std::sync::Arc<Semaphore>,
     pub timeout: Option<Duration>,
     pub stop: mpsc::UnboundedSender<Stop>,
 }
@@ -314,15 +320,15 @@ impl Reporter {
                     }
                     if self.keep_order {
                         waiting.insert(done.seq, done);
-                        while let Some(next) = order.front().and_then(|s| waiting.remove(s)) {
+                        while let Some(mut next) = order.front().and_then(|s| waiting.remove(s)) {
                             order.pop_front();
-                            self.print(&mut summary, &next);
-                            if let Some(w) = &self.window {
-                                w.add_permits(1);
-                            }
+                            self.print(&mut summary, &mut next);
+                            self.window.add_permits(1);
                         }
                     } else {
-                        self.print(&mut summary, &done);
+                        let mut done = done;
+                        self.print(&mut summary, &mut done);
+                        self.window.add_permits(1);
                     }
                 }
                 Event::InputDone { complete } => {
@@ -338,8 +344,8 @@ impl Reporter {
         // Anything still waiting for its turn (its predecessor never ended) is printed now.
         let mut rest: Vec<_> = waiting.into_values().collect();
         rest.sort_by_key(|d| d.seq);
-        for d in rest {
-            self.print(&mut summary, &d);
+        for mut d in rest {
+            self.print(&mut summary, &mut d);
         }
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -363,7 +369,7 @@ impl Reporter {
         if done.attempts > 1 {
             why.push_str(&format!(" (after {} attempts)", done.attempts));
         }
-        let tail = command::tail(&done.stderr, 1, 200);
+        let tail = command::tail(&done.stderr_tail, 1, 200);
         if !tail.is_empty() {
             why.push_str(": ");
             why.push_str(&tail);
@@ -408,7 +414,7 @@ impl Reporter {
                 .map(|d| d.as_secs_f64()),
             duration: done.duration.as_secs_f64(),
             error,
-            stderr_tail: command::tail(&done.stderr, 5, 2000),
+            stderr_tail: command::tail(&done.stderr_tail, 5, 2000),
         };
         entry.set_record(&done.record);
         if let Err(e) = log.write(&entry)
@@ -424,19 +430,19 @@ impl Reporter {
     /// Prints a job's output as two whole blocks. The first failure to write
     /// is kept in the summary and stops the run's intake; after it, output is
     /// no longer written.
-    fn print(&self, summary: &mut Summary, done: &Done) {
+    fn print(&self, summary: &mut Summary, done: &mut Done) {
         if summary.output_error.is_some() || (done.stdout.is_empty() && done.stderr.is_empty()) {
             return;
         }
-        let write = || -> io::Result<()> {
+        let mut write = || -> io::Result<()> {
             if !done.stdout.is_empty() {
                 let mut out = io::stdout().lock();
-                out.write_all(&done.stdout)?;
+                done.stdout.write_to(&mut out)?;
                 out.flush()?;
             }
             if !done.stderr.is_empty() {
                 let mut err = io::stderr().lock();
-                err.write_all(&done.stderr)?;
+                done.stderr.write_to(&mut err)?;
                 err.flush()?;
             }
             Ok(())
@@ -445,11 +451,18 @@ impl Reporter {
             Some(bar) => bar.suspend(write),
             None => write(),
         };
-        if let Err(e) = written {
-            summary.output_error = Some(match e.kind() {
-                io::ErrorKind::BrokenPipe => OutputError::Closed,
-                _ => OutputError::Failed(e.to_string()),
-            });
+        let lost = done
+            .stdout
+            .lost()
+            .or(done.stderr.lost())
+            .map(str::to_string);
+        let failed = match written {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Some(OutputError::Closed),
+            Err(e) => Some(OutputError::Failed(e.to_string())),
+            Ok(()) => lost.map(OutputError::Failed),
+        };
+        if failed.is_some() {
+            summary.output_error = failed;
             let _ = self.stop.send(Stop::CannotReport);
         }
     }

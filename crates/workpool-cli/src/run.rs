@@ -23,6 +23,27 @@ use crate::input::Records;
 use crate::joblog::{JobLog, Previous, ResumeMode};
 use crate::report::{Done, Event, OutputError, Reporter, Stop, Summary, progress_bar, say};
 
+/// Jobs whose output may wait to be printed at once: enough to keep -j
+/// running and the queue full (and with -k, jobs that ended before their
+/// turn), and no more, so that a slow reader of stdout holds up the run
+/// instead of filling memory.
+fn window_size(jobs: usize, keep_order: bool) -> usize {
+    let jobs = jobs.min(usize::MAX / 8);
+    if keep_order {
+        jobs * 4 + 16
+    } else {
+        jobs * 2 + 16
+    }
+}
+
+/// What the captured output held in memory comes to at most, per stream,
+/// for -j up to a few thousand (each stream keeps at least 4 KiB); the rest
+/// of each job's output goes to a temporary file.
+const OUTPUT_IN_MEMORY: usize = 16 << 20;
+
+/// The end of a job's stderr kept for the summary and the job log.
+const TAIL_BYTES: usize = 4096;
+
 /// The most records queued for free workers, whatever -j is.
 const MAX_QUEUED: usize = 4096;
 
@@ -78,6 +99,8 @@ struct State {
     /// holds the hook, so this is a cycle; the process exits after the run.)
     pool: OnceLock<RunPool>,
     stop: mpsc::UnboundedSender<Stop>,
+    /// Bytes of a job's stream kept in memory; the rest goes to a file.
+    capture_limit: usize,
 }
 
 type Input = Pin<Box<dyn AsyncBufRead + Send>>;
@@ -202,12 +225,11 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         halted: AtomicBool::new(false),
         pool: OnceLock::new(),
         stop: stop_tx.clone(),
+        capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
     });
     let pool = build_pool(&args, jobs, &state)?;
 
-    let window = args
-        .keep_order
-        .then(|| Arc::new(Semaphore::new(jobs * 4 + 16)));
+    let window = Arc::new(Semaphore::new(window_size(jobs, args.keep_order)));
     let bar = progress_bar(args.bar);
     let reporter = Reporter {
         keep_order: args.keep_order,
@@ -541,7 +563,7 @@ struct ReadInput {
     previous: Previous,
     resume_mode: Option<ResumeMode>,
     joblog_path: Option<std::path::PathBuf>,
-    window: Option<Arc<Semaphore>>,
+    window: Arc<Semaphore>,
     stop: CancellationToken,
     stop_tx: mpsc::UnboundedSender<Stop>,
 }
@@ -574,9 +596,9 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
                 Err(e) => break Err(e),
             }
         }
-        if let Some(w) = &r.window {
+        {
             tokio::select! {
-                permit = w.acquire() => match permit {
+                permit = r.window.acquire() => match permit {
                     Ok(p) => p.forget(),
                     Err(_) => break Ok(false),
                 },
@@ -654,11 +676,7 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
     // An argument is a C string: a NUL byte cannot be passed, so say so
     // instead of the OS's "nul byte found".
     if record.contains(&0) {
-        let ran = Ran {
-            exit: command::Exit::NotStarted(NUL_RECORD.into()),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
+        let ran = Ran::not_started(NUL_RECORD.into());
         let attempted = Attempted {
             argv,
             start,
@@ -674,6 +692,7 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
         &st.kill_now,
         &st.groups,
         &st.programs,
+        st.capture_limit,
     )
     .await;
     let success = ran.exit.success();
@@ -722,7 +741,9 @@ fn done_from(
             done.duration = a.took;
             done.exit = Some(a.ran.exit);
             done.stdout = a.ran.stdout;
-            done.stderr = a.ran.stderr;
+            let mut stderr = a.ran.stderr;
+            done.stderr_tail = stderr.last_bytes(TAIL_BYTES);
+            done.stderr = stderr;
         }
         // Nothing came back (abandoned, given up on): the command it ran.
         None if attempts > 0 => done.argv = template.argv(&done.record),

@@ -1322,3 +1322,24 @@ fn signals_are_obeyed_while_stdout_is_blocked() {
     let status = exit_within(&mut child, Duration::from_secs(15));
     assert_eq!(status, Some(130));
 }
+
+/// Before: every job's output was held in memory until printed, so a
+/// reader slower than the jobs grew memory without bound (1.67 GB). Output
+/// past a per-job limit now goes to a temporary file: it must come out
+/// whole and in order (with -k) all the same.
+#[test]
+fn large_outputs_come_out_whole_and_in_order() {
+    let dir = Dir::new("bigout");
+    let script = "head -c $((1048576 * $0)) /dev/zero | tr '\\0' \"$0\"";
+    let out = run(&dir, &["-k", "-j", "3", "sh", "-c", script], b"3\n1\n2\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut expected = Vec::new();
+    for n in [3u8, 1, 2] {
+        expected.extend(std::iter::repeat_n(b'0' + n, (n as usize) << 20));
+    }
+    assert!(
+        out.stdout == expected,
+        "output differs ({} bytes)",
+        out.stdout.len()
+    );
+}

@@ -1,0 +1,169 @@
+//! A job's captured output: in memory up to a limit, the rest spilled to an
+//! unlinked temporary file (as GNU parallel does), so that memory stays
+//! bounded whatever the jobs print and however slowly it is read.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// What a job wrote to one of its streams.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The first bytes (all of them, if it wrote no more than the limit).
+    head: Vec<u8>,
+    /// The rest, in a file that has no name any more.
+    spill: Option<File>,
+    len: u64,
+    /// Why some of it could not be kept (no room for the temporary file):
+    /// what was kept is still printed, and the run fails.
+    lost: Option<String>,
+}
+
+impl Captured {
+    /// Bytes written in all.
+    #[cfg(test)]
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads `pipe` to its end, keeping at most `limit` bytes in memory.
+    pub async fn read(pipe: &mut (impl AsyncRead + Unpin), limit: usize) -> io::Result<Self> {
+        let mut c = Captured::default();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = pipe.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(c);
+            }
+            let chunk = &buf[..n];
+            c.len += n as u64;
+            let room = limit.saturating_sub(c.head.len()).min(n);
+            c.head.extend_from_slice(&chunk[..room]);
+            if room < n && c.lost.is_none() {
+                // A local file: a short blocking write, as a pipe's read is.
+                let kept = match &mut c.spill {
+                    Some(f) => f.write_all(&chunk[room..]),
+                    None => spill_file().and_then(|f| c.spill.insert(f).write_all(&chunk[room..])),
+                };
+                if let Err(e) = kept {
+                    // Keep draining the pipe, so the job is not blocked.
+                    c.lost = Some(format!("a temporary file for its output failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Why part of the output could not be kept, if it could not.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    /// Writes everything captured to `out`.
+    pub fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.head)?;
+        if let Some(f) = &mut self.spill {
+            f.seek(SeekFrom::Start(0))?;
+            io::copy(f, out)?;
+        }
+        Ok(())
+    }
+
+    /// The last `n` bytes (or fewer), for a log's tail.
+    pub fn last_bytes(&mut self, n: usize) -> Vec<u8> {
+        let Some(f) = &mut self.spill else {
+            let from = self.head.len().saturating_sub(n);
+            return self.head[from..].to_vec();
+        };
+        let spilled = self.len - self.head.len() as u64;
+        let from_file = spilled.min(n as u64);
+        let mut tail = Vec::with_capacity(n);
+        if (from_file as usize) < n {
+            let from = self.head.len().saturating_sub(n - from_file as usize);
+            tail.extend_from_slice(&self.head[from..]);
+        }
+        let mut rest = Vec::with_capacity(from_file as usize);
+        let read = f
+            .seek(SeekFrom::Start(spilled - from_file))
+            .and_then(|_| f.take(from_file).read_to_end(&mut rest));
+        if read.is_ok() {
+            tail.extend_from_slice(&rest);
+        }
+        tail
+    }
+}
+
+/// A new temporary file, readable by its owner only, unlinked at once: it
+/// goes away with its handle, whatever happens to this process.
+fn spill_file() -> io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir();
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path: PathBuf = dir.join(format!("workpool-{}-{n}.out", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => {
+                std::fs::remove_file(&path)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(bytes: &[u8], limit: usize) -> Captured {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut pipe = bytes;
+            Captured::read(&mut pipe, limit).await.unwrap()
+        })
+    }
+
+    #[test]
+    fn output_past_the_limit_is_spilled_and_comes_back_whole() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for limit in [0, 1, 1000, 299_999, 300_000, 1 << 20] {
+            let mut c = capture(&bytes, limit);
+            assert_eq!(c.len(), bytes.len() as u64);
+            assert_eq!(c.head.len(), limit.min(bytes.len()));
+            assert_eq!(c.spill.is_some(), limit < bytes.len());
+            let mut out = Vec::new();
+            c.write_to(&mut out).unwrap();
+            assert_eq!(out, bytes, "limit {limit}");
+            for n in [0, 10, 2000, 400_000] {
+                let from = bytes.len().saturating_sub(n);
+                assert_eq!(c.last_bytes(n), &bytes[from..], "limit {limit}, tail {n}");
+            }
+            // Written twice (a retry of the print): the same bytes.
+            let mut again = Vec::new();
+            c.write_to(&mut again).unwrap();
+            assert_eq!(again, bytes);
+        }
+    }
+
+    #[test]
+    fn nothing_captured_is_empty() {
+        let c = capture(b"", 10);
+        assert!(c.is_empty());
+    }
+}
