@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 /// One line of the job log.
@@ -76,10 +77,29 @@ fn from_hex(h: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What the previous runs recorded, per record number: the last entry wins.
+/// What the previous runs recorded, per record number (the last entry
+/// wins): only what resuming needs, the line, a hash of the record and how
+/// it ended, so that a log of millions of lines stays small in memory.
 #[derive(Debug, Default)]
 pub struct Previous {
-    entries: HashMap<u64, (usize, Entry)>,
+    entries: HashMap<u64, Seen>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    line: u64,
+    record: u64,
+    ended: Ended,
+}
+
+/// How a logged job ended, as far as resuming cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Succeeded,
+    /// Failed or timed out: finished, not successfully.
+    Finished,
+    /// Cancelled, unstarted, abandoned: to run again.
+    NotFinished,
 }
 
 /// What `--resume` does with a record.
@@ -89,6 +109,15 @@ pub enum ResumeMode {
     Finished,
     /// Skip only records that succeeded.
     Succeeded,
+}
+
+/// A record's hash, to compare the input with the log (within one process:
+/// the same keys on both sides).
+fn record_hash(record: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    record.hash(&mut h);
+    h.finish()
 }
 
 impl Previous {
@@ -105,23 +134,27 @@ impl Previous {
         mode: ResumeMode,
         path: &Path,
     ) -> Result<bool, String> {
-        let Some((line, entry)) = self.entries.get(&seq) else {
+        let Some(seen) = self.entries.get(&seq) else {
             return Ok(false);
         };
-        if entry.record_bytes().as_deref() != Some(record) {
+        if seen.record != record_hash(record) {
             return Err(format!(
-                "{}:{line}: record {seq} was {:?} but the input now has {:?} there; the input changed since the job log was written",
+                "{}:{}: record {seq} is different in the input now ({:?}); the input changed since the job log was written, so nothing was run",
                 path.display(),
-                entry.record.as_deref().unwrap_or("(bytes)"),
-                String::from_utf8_lossy(record)
+                seen.line,
+                String::from_utf8_lossy(&record[..record.len().min(60)])
             ));
         }
         Ok(match mode {
-            ResumeMode::Finished => {
-                matches!(entry.outcome.as_str(), "succeeded" | "failed" | "timed_out")
-            }
-            ResumeMode::Succeeded => entry.outcome == "succeeded",
+            ResumeMode::Finished => seen.ended != Ended::NotFinished,
+            ResumeMode::Succeeded => seen.ended == Ended::Succeeded,
         })
+    }
+
+    /// The highest record number the log knows: resuming reads the input up
+    /// to it, checking every record, before it runs anything.
+    pub fn last_seq(&self) -> u64 {
+        self.entries.keys().copied().max().unwrap_or(0)
     }
 
     #[cfg(test)]
@@ -130,42 +163,83 @@ impl Previous {
     }
 }
 
-/// Parses a job log's text.
+/// A job log read back.
+#[derive(Debug)]
+pub struct Parsed {
+    pub previous: Previous,
+    /// The byte offset of a last line cut off by a crash (ignored), if any.
+    pub cut: Option<u64>,
+    /// The log's last line is whole but lacks its newline.
+    pub missing_newline: bool,
+    /// The log's length in bytes.
+    pub len: u64,
+}
+
+impl Parsed {
+    fn new(previous: Previous, cut: Option<u64>, missing_newline: bool, len: u64) -> Self {
+        Parsed {
+            previous,
+            cut,
+            missing_newline,
+            len,
+        }
+    }
+}
+
+/// Reads a job log line by line (never the whole file at once).
 ///
 /// A last line without its newline that does not parse was cut off by a
-/// crash: it is reported in the second value (its byte offset) and ignored.
+/// crash: it is reported in `cut` (its byte offset) and ignored.
 ///
 /// # Errors
 ///
-/// Any other line that is not a job log entry, named by its number.
-pub fn parse(text: &[u8], path: &Path) -> Result<(Previous, Option<usize>), String> {
+/// Any other line that is not a job log entry, named by its number, or a
+/// read error.
+pub fn parse(mut reader: impl BufRead, path: &Path) -> Result<Parsed, String> {
     let mut previous = Previous::default();
-    let mut offset = 0;
-    let ends_with_newline = text.last() == Some(&b'\n');
-    let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-    let count = lines.len();
-    for (i, line) in lines.into_iter().enumerate() {
-        let number = i + 1;
-        let last = i + 1 == count;
-        if line.is_empty() {
-            offset += 1;
-            continue;
+    let (mut offset, mut number) = (0u64, 0u64);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read job log {}: {e}", path.display()))?;
+        if n == 0 {
+            return Ok(Parsed::new(previous, None, false, offset));
         }
-        match serde_json::from_slice::<Entry>(line) {
-            Ok(entry) => {
-                previous.entries.insert(entry.seq, (number, entry));
-            }
-            Err(_) if last && !ends_with_newline => return Ok((previous, Some(offset))),
-            Err(e) => {
-                return Err(format!(
-                    "{}:{number}: not a workpool job log entry ({e}); refusing to resume from it",
-                    path.display()
-                ));
+        number += 1;
+        let whole = line.last() == Some(&b'\n');
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !text.is_empty() {
+            match serde_json::from_slice::<Entry>(text) {
+                Ok(entry) => {
+                    let ended = match entry.outcome.as_str() {
+                        "succeeded" => Ended::Succeeded,
+                        "failed" | "timed_out" => Ended::Finished,
+                        _ => Ended::NotFinished,
+                    };
+                    let record = record_hash(&entry.record_bytes().unwrap_or_default());
+                    let seen = Seen {
+                        line: number,
+                        record,
+                        ended,
+                    };
+                    previous.entries.insert(entry.seq, seen);
+                }
+                Err(_) if !whole => return Ok(Parsed::new(previous, Some(offset), false, offset)),
+                Err(e) => {
+                    return Err(format!(
+                        "{}:{number}: not a workpool job log entry ({e}); refusing to resume from it",
+                        path.display()
+                    ));
+                }
             }
         }
-        offset += line.len() + 1;
+        offset += n as u64;
+        if !whole {
+            return Ok(Parsed::new(previous, None, true, offset));
+        }
     }
-    Ok((previous, None))
 }
 
 /// The open job log. Each entry is written with one `write_all` of a whole
@@ -173,7 +247,8 @@ pub fn parse(text: &[u8], path: &Path) -> Result<(Previous, Option<usize>), Stri
 /// a write that fails part-way (a full disk) is cut back off, so a line is
 /// in the log whole or not at all.
 pub struct JobLog {
-    file: File,
+    /// Locked for this run: two runs on one log would interleave it.
+    file: Flock<File>,
     path: PathBuf,
     /// The log's length after its last whole line.
     len: u64,
@@ -188,50 +263,53 @@ impl JobLog {
     pub fn open(path: &Path, resume: bool) -> Result<(JobLog, Previous), String> {
         let fail =
             |what: &str, e: io::Error| format!("cannot {what} job log {}: {e}", path.display());
-        if !resume {
-            let file = File::create(path).map_err(|e| fail("create", e))?;
-            return Ok((
-                JobLog {
-                    file,
-                    path: path.to_path_buf(),
-                    len: 0,
-                },
-                Previous::default(),
-            ));
-        }
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(fail("read", e)),
-        };
-        let (previous, cut) = parse(&text, path)?;
-        let mut file = OpenOptions::new()
+        // Opened without truncating, locked, and only then emptied or read:
+        // a second run on the same log must not touch it.
+        let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
-            .map_err(|e| fail("open", e))?;
-        let mut len = text.len() as u64;
-        if let Some(offset) = cut {
+            .map_err(|e| fail("create", e))?;
+        let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            format!(
+                "job log {} is in use by another workpool run ({e}); two runs cannot share one",
+                path.display()
+            )
+        })?;
+        if !resume {
+            // A device (/dev/null, /dev/full) has no length to cut.
+            if file.metadata().is_ok_and(|m| m.is_file()) {
+                file.set_len(0).map_err(|e| fail("create", e))?;
+            }
+            let log = JobLog {
+                file,
+                path: path.to_path_buf(),
+                len: 0,
+            };
+            return Ok((log, Previous::default()));
+        }
+        let parsed = parse(io::BufReader::new(&*file), path)?;
+        let mut len = parsed.len;
+        if let Some(offset) = parsed.cut {
             crate::report::say(&format!(
                 "workpool: warning: {}: the last line was cut off (a crash while writing?); ignoring it\n",
                 path.display()
             ));
-            file.set_len(offset as u64).map_err(|e| fail("repair", e))?;
-            len = offset as u64;
-        } else if !text.is_empty() && text.last() != Some(&b'\n') {
+            file.set_len(offset).map_err(|e| fail("repair", e))?;
+            len = offset;
+        } else if parsed.missing_newline {
             // A whole last entry that lacks only its newline: end it, so the
             // next entry starts a line of its own.
             file.write_all(b"\n").map_err(|e| fail("repair", e))?;
             len += 1;
         }
-        Ok((
-            JobLog {
-                file,
-                path: path.to_path_buf(),
-                len,
-            },
-            previous,
-        ))
+        let log = JobLog {
+            file,
+            path: path.to_path_buf(),
+            len,
+        };
+        Ok((log, parsed.previous))
     }
 
     pub fn write(&mut self, entry: &Entry) -> io::Result<()> {
@@ -306,14 +384,15 @@ mod tests {
             entry(3, b"c", "unstarted"),
             entry(1, b"a", "succeeded"),
         ]);
-        let (prev, cut) = parse(&text, p).unwrap();
-        assert_eq!(cut, None);
+        let parsed = parse(&text[..], p).unwrap();
+        let prev = parsed.previous;
+        assert_eq!(parsed.cut, None);
         assert_eq!(prev.skip(1, b"a", ResumeMode::Succeeded, p), Ok(true));
         assert_eq!(prev.skip(2, b"b", ResumeMode::Finished, p), Ok(true));
         assert_eq!(prev.skip(3, b"c", ResumeMode::Finished, p), Ok(false));
         assert_eq!(prev.skip(4, b"d", ResumeMode::Finished, p), Ok(false));
         let text = log(&[entry(1, b"a", "failed")]);
-        let (prev, _) = parse(&text, p).unwrap();
+        let prev = parse(&text[..], p).unwrap().previous;
         assert_eq!(prev.skip(1, b"a", ResumeMode::Finished, p), Ok(true));
         assert_eq!(prev.skip(1, b"a", ResumeMode::Succeeded, p), Ok(false));
         assert!(
@@ -329,9 +408,9 @@ mod tests {
         let mut text = log(&[entry(1, b"a", "succeeded")]);
         let good = text.len();
         text.extend_from_slice(br#"{"seq":2,"rec"#);
-        let (prev, cut) = parse(&text, p).unwrap();
-        assert_eq!(cut, Some(good));
-        assert_eq!(prev.len(), 1);
+        let parsed = parse(&text[..], p).unwrap();
+        assert_eq!(parsed.cut, Some(good as u64));
+        assert_eq!(parsed.previous.len(), 1);
     }
 
     #[test]
@@ -340,7 +419,7 @@ mod tests {
         let mut text = log(&[entry(1, b"a", "succeeded")]);
         text.extend_from_slice(b"this is not json\n");
         text.extend(log(&[entry(2, b"b", "succeeded")]));
-        let err = parse(&text, p).unwrap_err();
+        let err = parse(&text[..], p).unwrap_err();
         assert!(
             err.starts_with("jobs.log:2: not a workpool job log entry"),
             "{err}"
@@ -352,7 +431,7 @@ mod tests {
 
         #[test]
         fn parsing_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-            let _ = parse(&bytes, Path::new("x"));
+            let _ = parse(&bytes[..], Path::new("x"));
         }
     }
 }

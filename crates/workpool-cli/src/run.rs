@@ -251,6 +251,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         template: state.template.clone(),
         alive: alive_tx,
         jobs,
+        submitted: 0,
         events: events.clone(),
         previous,
         resume_mode,
@@ -559,6 +560,8 @@ struct ReadInput {
     alive: mpsc::Sender<()>,
     /// -j: workers are added one per record submitted, up to this.
     jobs: usize,
+    /// Records submitted so far.
+    submitted: usize,
     events: mpsc::UnboundedSender<Event>,
     previous: Previous,
     resume_mode: Option<ResumeMode>,
@@ -569,9 +572,16 @@ struct ReadInput {
 }
 
 async fn read_input(mut r: ReadInput) -> Result<(), String> {
-    // Ok(true): the input was read to its end; Ok(false): reading stopped.
+    // Resuming, every record the job log knows is read and checked before
+    // anything runs: the ones to run again wait here until then, so that an
+    // input that changed since the log was written runs nothing.
+    let check_until = match r.resume_mode {
+        Some(_) => r.previous.last_seq(),
+        None => 0,
+    };
+    let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut seq = 0u64;
-    let mut submitted = 0usize;
+    // Ok(true): the input was read to its end; Ok(false): reading stopped.
     let result = loop {
         let next = tokio::select! {
             next = r.records.next() => next,
@@ -596,44 +606,23 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
                 Err(e) => break Err(e),
             }
         }
-        {
-            tokio::select! {
-                permit = r.window.acquire() => match permit {
-                    Ok(p) => p.forget(),
-                    Err(_) => break Ok(false),
-                },
-                _ = r.stop.cancelled() => {
-                    let _ = r.events.send(Event::Submitted(seq));
-                    let _ = r.events.send(Event::Refused(seq, record));
-                    break Ok(false);
-                }
-            }
+        if seq < check_until {
+            held.push((seq, record));
+            continue;
         }
-        let _ = r.events.send(Event::Submitted(seq));
-        submitted += 1;
-        if submitted <= r.jobs && submitted > 1 {
-            // Refused only once shutdown has begun, and then the submit is too.
-            let _ = r.pool.resize(submitted);
-        }
-        match r.pool.submit(Job::with_id(seq, record.clone())).await {
-            Ok(handle) => {
-                let (events, template, alive) =
-                    (r.events.clone(), r.template.clone(), r.alive.clone());
-                tokio::spawn(async move {
-                    let outcome = handle.await;
-                    let done = done_from(seq, record, outcome, &template);
-                    let _ = events.send(Event::Done(Box::new(done)));
-                    drop(alive);
-                });
-            }
-            Err(refused) => {
-                let _ = r
-                    .events
-                    .send(Event::Refused(seq, refused.into_inner().into_payload()));
-                break Ok(false);
-            }
+        if !r.offer_held(&mut held).await || !r.offer(seq, record).await {
+            break Ok(false);
         }
     };
+    if matches!(result, Ok(true)) {
+        // The input ended before the log's last record: what was held runs
+        // now (what the run then refuses stays held, reported below).
+        let _ = r.offer_held(&mut held).await;
+    }
+    for (seq, record) in held {
+        let _ = r.events.send(Event::Submitted(seq));
+        let _ = r.events.send(Event::Refused(seq, record));
+    }
     let _ = r.events.send(Event::InputDone {
         complete: matches!(result, Ok(true)),
     });
@@ -642,6 +631,64 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
         Err(e) => {
             let _ = r.stop_tx.send(Stop::InputFailed(e.clone()));
             Err(e)
+        }
+    }
+}
+
+impl ReadInput {
+    /// Offers the records held while the job log was checked; false once
+    /// the run stops taking them (the rest stay in `held`).
+    async fn offer_held(&mut self, held: &mut Vec<(u64, Vec<u8>)>) -> bool {
+        let mut records = std::mem::take(held).into_iter();
+        while let Some((seq, record)) = records.next() {
+            if !self.offer(seq, record).await {
+                held.extend(records);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Submits one record, once the reporter has room for its output; false
+    /// when the run no longer takes records (it was reported not run).
+    async fn offer(&mut self, seq: u64, record: Vec<u8>) -> bool {
+        tokio::select! {
+            permit = self.window.acquire() => match permit {
+                Ok(p) => p.forget(),
+                Err(_) => return false,
+            },
+            _ = self.stop.cancelled() => {
+                let _ = self.events.send(Event::Submitted(seq));
+                let _ = self.events.send(Event::Refused(seq, record));
+                return false;
+            }
+        }
+        let _ = self.events.send(Event::Submitted(seq));
+        self.submitted += 1;
+        if self.submitted <= self.jobs && self.submitted > 1 {
+            // Refused only once shutdown has begun, and then the submit is too.
+            let _ = self.pool.resize(self.submitted);
+        }
+        match self.pool.submit(Job::with_id(seq, record.clone())).await {
+            Ok(handle) => {
+                let (events, template, alive) = (
+                    self.events.clone(),
+                    self.template.clone(),
+                    self.alive.clone(),
+                );
+                tokio::spawn(async move {
+                    let outcome = handle.await;
+                    let done = done_from(seq, record, outcome, &template);
+                    let _ = events.send(Event::Done(Box::new(done)));
+                    drop(alive);
+                });
+                true
+            }
+            Err(refused) => {
+                let record = refused.into_inner().into_payload();
+                let _ = self.events.send(Event::Refused(seq, record));
+                false
+            }
         }
     }
 }
