@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use workpool::JobContext;
 
 use crate::capture::Captured;
+use crate::contain;
 
 const PLACEHOLDER: &[u8] = b"{}";
 
@@ -214,7 +215,11 @@ pub async fn run(
         }
         None => tokio::process::Command::new(&argv[0]),
     };
+    // The job's processes carry its token, so that one that leaves the
+    // process group is still found when the job ends (`contain.rs`).
+    let token = contain::new_token();
     cmd.args(&argv[1..])
+        .env(contain::TOKEN_VAR, &token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -234,8 +239,18 @@ pub async fn run(
     lock(groups).insert(pgid);
     // What a command prints is kept in memory up to `capture_limit` bytes
     // per stream, the rest in a temporary file.
-    let read_out = capture(child.stdout.take(), capture_limit);
-    let read_err = capture(child.stderr.take(), capture_limit);
+    let outputs_done = tokio::sync::Semaphore::new(0);
+    let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
+    let read_out = async {
+        let c = capture(out_pipe, capture_limit).await;
+        outputs_done.add_permits(1);
+        c
+    };
+    let read_err = async {
+        let c = capture(err_pipe, capture_limit).await;
+        outputs_done.add_permits(1);
+        c
+    };
     let wait = async {
         let status = tokio::select! {
             status = child.wait() => status,
@@ -260,6 +275,15 @@ pub async fn run(
         };
         // Strays left in the group die with the job.
         signal_group(pgid, Signal::SIGKILL);
+        // A process that left the group and still holds the job's output
+        // open would keep the job running: if the output does not end at
+        // once, such orphans (re-parented to us, carrying the job's token)
+        // die with the job too. Others are killed when `workpool` exits.
+        let ended = outputs_done.acquire_many(2);
+        if tokio::time::timeout(OUTPUT_GRACE, ended).await.is_err() {
+            let leaders: Vec<i32> = lock(groups).iter().copied().collect();
+            contain::kill_orphans(Some(&token), &leaders);
+        }
         status
     };
     let (status, stdout, stderr) = tokio::join!(wait, read_out, read_err);
@@ -279,6 +303,10 @@ pub async fn run(
         stderr,
     }
 }
+
+/// How long a job's output may stay open after its command exited before
+/// the job's escaped processes are looked for.
+const OUTPUT_GRACE: Duration = Duration::from_millis(50);
 
 /// Reads a pipe of the job's to its end (nothing if it has none).
 async fn capture(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Captured {

@@ -5,6 +5,7 @@
 mod capture;
 mod cli;
 mod command;
+mod contain;
 mod input;
 mod joblog;
 mod report;

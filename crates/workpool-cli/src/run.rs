@@ -195,6 +195,12 @@ async fn next_signal(signals: &mut Signals) -> Signal {
 pub async fn run(args: RunArgs) -> Result<i32, String> {
     let started = Instant::now();
     let mut signals = listen()?;
+    // Orphaned descendants of jobs come to us, not to init (`contain.rs`).
+    if let Err(e) = crate::contain::become_subreaper() {
+        say(&format!(
+            "workpool: warning: cannot become the subreaper of the jobs' processes ({e}); a process that leaves its job's group may outlive it\n"
+        ));
+    }
     let template = Template::new(args.command.clone());
     let separator = if args.null { 0 } else { b'\n' };
     check_joblog(&args)?;
@@ -504,7 +510,8 @@ fn disagreement(summary: &crate::report::Summary, stats: &workpool::Stats) -> Op
     (!off.is_empty()).then(|| off.join(", "))
 }
 
-/// SIGKILLs every process group still known.
+/// SIGKILLs every process group still known, and every orphan of a job
+/// re-parented to us (`contain.rs`).
 fn kill_groups(groups: &Mutex<HashSet<i32>>) {
     for pgid in lock(groups).drain() {
         let _ = nix::sys::signal::killpg(
@@ -512,6 +519,7 @@ fn kill_groups(groups: &Mutex<HashSet<i32>>) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    crate::contain::kill_orphans(None, &[]);
 }
 
 /// A signal's usual name.

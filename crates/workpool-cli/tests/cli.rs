@@ -1375,7 +1375,7 @@ fn resume_with_a_log_from_another_input_runs_nothing() {
 #[test]
 fn two_runs_cannot_share_a_job_log() {
     let dir = Dir::new("locked");
-    let first = interruptible(&dir, 2, &[]);
+    let first = interruptible(&dir, 1, &[]);
     wait_for(&dir.path("started-1"));
     let out = run(&dir, &["--joblog", "log", "touch", "ran"], b"x\n");
     let err = text(&out.stderr);
@@ -1423,4 +1423,23 @@ fn resuming_from_a_long_log_keeps_memory_small() {
     assert!(dir.path("new").exists());
     let kib: u64 = err.lines().last().unwrap().trim().parse().unwrap();
     assert!(kib < 64 * 1024, "peak {kib} KiB for a 10^5-line log");
+}
+
+/// Before: a job's process that called setsid() left its process group,
+/// outlived workpool, and, holding the job's stdout, kept a 0.2 s job
+/// "running" until it exited.
+#[test]
+fn a_process_that_leaves_its_job_group_ends_with_the_job() {
+    let dir = Dir::new("setsid");
+    let script = "setsid sh -c 'echo $$ > escapee; exec sleep 30' & sleep 0.2; echo done";
+    let started = Instant::now();
+    let out = run(&dir, &["sh", "-c", script], b"1\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the job waited for its escapee: {:?}",
+        started.elapsed()
+    );
+    let pid: i32 = dir.read("escapee").trim().parse().unwrap();
+    assert!(!alive(pid), "the escapee (pid {pid}) outlived its job");
 }
