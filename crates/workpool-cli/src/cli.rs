@@ -45,7 +45,9 @@ Exit status:
   130  interrupted by SIGINT (128 + the number of any other signal above)
   141  stdout was closed (as by `| head`); nothing more was started (GNU
        parallel's status too)
-  143  interrupted by SIGTERM";
+  143  interrupted by SIGTERM
+  70   workpool itself cannot go on (say, no thread can be started: the
+       user's process limit); every job's process is killed first";
 
 /// workpool: run jobs on a bounded pool of workers.
 #[derive(Debug, Parser)]

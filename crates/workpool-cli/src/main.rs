@@ -13,10 +13,39 @@ mod run;
 
 use clap::Parser;
 
+/// A panic ends the run at once, wherever it happens (a thread that
+/// panicked would otherwise leave `main` waiting for it): one line on stderr
+/// (the full default report with `RUST_BACKTRACE` set), every job's process
+/// killed, status 70 (EX_SOFTWARE). The `workpool run` code has no panic
+/// it expects; the one seen is a system out of processes or threads, where
+/// tokio cannot start a worker thread.
+fn report_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default(info);
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        report::say(&format!("workpool: cannot go on: {message}\n"));
+        run::kill_every_job();
+        std::process::exit(70);
+    }));
+}
+
 fn main() {
     let cli = cli::Cli::parse();
     let cli::Command::Run(args) = cli.command;
-    let code = match tokio::runtime::Builder::new_multi_thread()
+    report_panics();
+    std::process::exit(run_on_a_runtime(args));
+}
+
+fn run_on_a_runtime(args: cli::RunArgs) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -37,6 +66,5 @@ fn main() {
             report::say(&format!("workpool: cannot start the async runtime: {e}\n"));
             2
         }
-    };
-    std::process::exit(code);
+    }
 }

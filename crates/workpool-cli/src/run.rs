@@ -19,7 +19,7 @@ use workpool::{
 
 use crate::cli::{Halt, HaltWhen, RunArgs};
 use crate::command::{self, Ran, Template, lock};
-use crate::input::Records;
+use crate::input::{Records, ThreadInput};
 use crate::joblog::{JobLog, Previous, ResumeMode};
 use crate::report::{Done, Event, OutputError, Reporter, Stop, Summary, progress_bar, say};
 
@@ -109,23 +109,23 @@ type Input = Pin<Box<dyn AsyncBufRead + Send>>;
 /// The input is read once, as it streams (a pipe or a FIFO has no second
 /// reading), so a progress bar has no total.
 async fn open_input(args: &RunArgs) -> Result<Input, String> {
-    let stdin = || -> Input { Box::pin(BufReader::new(tokio::io::stdin())) };
-    match &args.input {
-        None => Ok(stdin()),
-        Some(path) if path.as_os_str() == "-" => Ok(stdin()),
-        Some(path) => {
+    let source: Box<dyn std::io::Read + Send> = match &args.input {
+        Some(path) if path.as_os_str() != "-" => {
             let fail = |e: std::io::Error| format!("cannot read --input {}: {e}", path.display());
-            let meta = tokio::fs::metadata(path).await.map_err(fail)?;
+            let meta = std::fs::metadata(path).map_err(fail)?;
             if meta.is_dir() {
                 return Err(format!(
                     "cannot read --input {}: it is a directory",
                     path.display()
                 ));
             }
-            let file = tokio::fs::File::open(path).await.map_err(fail)?;
-            Ok(Box::pin(BufReader::new(file)))
+            Box::new(std::fs::File::open(path).map_err(fail)?)
         }
-    }
+        _ => Box::new(std::io::stdin()),
+    };
+    let input = ThreadInput::spawn(source)
+        .map_err(|e| format!("cannot start the thread that reads the input: {e}"))?;
+    Ok(Box::pin(BufReader::new(input)))
 }
 
 /// A job log must be a file of its own: not standard output (where the
@@ -224,7 +224,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         template,
         kill_after: args.kill_after,
         kill_now: CancellationToken::new(),
-        groups: Arc::new(Mutex::new(HashSet::new())),
+        groups: GROUPS.get_or_init(Default::default).clone(),
         programs: command::Programs::default(),
         halt: args.halt,
         failures: AtomicU64::new(0),
@@ -508,6 +508,18 @@ fn disagreement(summary: &crate::report::Summary, stats: &workpool::Stats) -> Op
         ));
     }
     (!off.is_empty()).then(|| off.join(", "))
+}
+
+/// The process groups of the running jobs, for a panic to kill on its way
+/// out (`main.rs`).
+static GROUPS: OnceLock<Arc<Mutex<HashSet<i32>>>> = OnceLock::new();
+
+/// Kills every job's processes: what a run that cannot go on does last.
+pub fn kill_every_job() {
+    match GROUPS.get() {
+        Some(groups) => kill_groups(groups),
+        None => crate::contain::kill_orphans(None, &[]),
+    }
 }
 
 /// SIGKILLs every process group still known, and every orphan of a job

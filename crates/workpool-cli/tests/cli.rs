@@ -1443,3 +1443,59 @@ fn a_process_that_leaves_its_job_group_ends_with_the_job() {
     let pid: i32 = dir.read("escapee").trim().parse().unwrap();
     assert!(!alive(pid), "the escapee (pid {pid}) outlived its job");
 }
+
+/// Before: with the user's process limit reached, the input reader panicked
+/// (tokio could not start a blocking thread) and the run hung until SIGTERM.
+/// Now every limit ends the run promptly, with a clear message and never a
+/// panic's status. Needs root (to run as another user, whose limit is
+/// enforced) and setpriv; without them it says so and checks nothing.
+#[test]
+fn a_process_limit_is_a_clean_stop_never_a_hang() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    if !root || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and /usr/bin/setpriv");
+        return;
+    }
+    let dir = Dir::new("nproc");
+    let bin = dir.path("workpool");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let records = dir.path("records");
+    std::fs::write(&records, "1\n2\n").unwrap();
+    for limit in 1..=12 {
+        let script = format!(
+            "ulimit -u {limit}; exec {} run --input {} echo",
+            bin.display(),
+            records.display()
+        );
+        let mut child = Command::new("/usr/bin/setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "bash",
+                "-c",
+                &script,
+            ])
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = exit_within(&mut child, Duration::from_secs(15));
+        eprintln!("limit {limit}: status {status:?}");
+        let err = {
+            let mut s = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+            s
+        };
+        assert_ne!(status, Some(101), "limit {limit}: a panic: {err}");
+        assert!(!err.contains("panicked at"), "limit {limit}: {err}");
+    }
+}
