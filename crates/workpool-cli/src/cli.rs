@@ -10,8 +10,12 @@ const RUN_AFTER_HELP: &str = "\
 Records:
   Each input record is one job: a line, or with -0 a NUL-terminated record.
   Empty records are skipped. Records are bytes: invalid UTF-8 passes through.
-  `{}` anywhere in COMMAND or its arguments is replaced by the record; with no
-  `{}`, the record is added as the last argument. No shell is involved (unless
+  `{}` anywhere in COMMAND or its arguments is replaced by the record, and as
+  in GNU parallel `{.}` by it without its extension, `{/}` its basename,
+  `{//}` its dirname, `{/.}` its basename without extension, `{#}` the job's
+  sequence number and `{%}` its job slot; with none of these, the record is
+  added as the last argument. Each job sees PARALLEL_SEQ and
+  PARALLEL_JOBSLOT in its environment. No shell is involved (unless
   you run one), so a record can never inject a command.
 
 Output:

@@ -19,9 +19,21 @@ use workpool::JobContext;
 use crate::capture::Captured;
 use crate::contain;
 
-const PLACEHOLDER: &[u8] = b"{}";
+/// GNU parallel's replacement strings, longest first (so that `{/.}` is
+/// not read as `{/}` followed by `.`).
+const REPLACEMENTS: [&[u8]; 7] = [b"{//}", b"{/.}", b"{}", b"{.}", b"{/}", b"{#}", b"{%}"];
 
-/// The command line with `{}` placeholders.
+/// What a replacement string stands for, for one job.
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    /// The job's sequence number, from 1 (`{#}`).
+    pub seq: u64,
+    /// The job slot, from 1 to -j (`{%}`).
+    pub slot: usize,
+}
+
+/// The command line with replacement strings (`{}`, `{.}`, `{/}`, `{//}`,
+/// `{/.}`, `{#}`, `{%}`, as GNU parallel reads them).
 #[derive(Clone, Debug)]
 pub struct Template {
     args: Vec<OsString>,
@@ -30,20 +42,22 @@ pub struct Template {
 
 impl Template {
     pub fn new(args: Vec<OsString>) -> Self {
-        let has_placeholder = args.iter().any(|a| contains(a.as_bytes(), PLACEHOLDER));
+        let has_placeholder = args
+            .iter()
+            .any(|a| REPLACEMENTS.iter().any(|r| contains(a.as_bytes(), r)));
         Template {
             args,
             has_placeholder,
         }
     }
 
-    /// The argv for one record: every `{}` replaced by it, or, with no `{}`,
-    /// the record appended. The record always lands inside one argument.
-    pub fn argv(&self, record: &[u8]) -> Vec<OsString> {
+    /// The argv for one record: every replacement string replaced, or, with
+    /// none, the record appended. A record always lands inside one argument.
+    pub fn argv(&self, record: &[u8], slots: Slots) -> Vec<OsString> {
         let mut argv: Vec<OsString> = self
             .args
             .iter()
-            .map(|a| OsString::from_vec(replace(a.as_bytes(), PLACEHOLDER, record)))
+            .map(|a| OsString::from_vec(expand(a.as_bytes(), record, slots)))
             .collect();
         if !self.has_placeholder {
             argv.push(OsString::from_vec(record.to_vec()));
@@ -56,16 +70,62 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut rest = haystack;
-    while let Some(i) = rest.windows(needle.len()).position(|w| w == needle) {
-        out.extend_from_slice(&rest[..i]);
-        out.extend_from_slice(with);
-        rest = &rest[i + needle.len()..];
+/// One argument with its replacement strings filled in.
+fn expand(arg: &[u8], record: &[u8], slots: Slots) -> Vec<u8> {
+    let mut out = Vec::with_capacity(arg.len() + record.len());
+    let mut i = 0;
+    'scan: while i < arg.len() {
+        for r in REPLACEMENTS {
+            if arg[i..].starts_with(r) {
+                match r {
+                    b"{}" => out.extend_from_slice(record),
+                    b"{.}" => out.extend_from_slice(without_extension(record)),
+                    b"{/}" => out.extend_from_slice(basename(record)),
+                    b"{//}" => out.extend_from_slice(&dirname(record)),
+                    b"{/.}" => out.extend_from_slice(without_extension(basename(record))),
+                    b"{#}" => out.extend_from_slice(slots.seq.to_string().as_bytes()),
+                    _ => out.extend_from_slice(slots.slot.to_string().as_bytes()),
+                }
+                i += r.len();
+                continue 'scan;
+            }
+        }
+        out.push(arg[i]);
+        i += 1;
     }
-    out.extend_from_slice(rest);
     out
+}
+
+/// What follows the last `/` (all of it if there is none).
+fn basename(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// Without the last `.` and what follows, if no `/` follows it.
+fn without_extension(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|b| *b == b'.') {
+        Some(i) if !path[i..].contains(&b'/') => &path[..i],
+        _ => path,
+    }
+}
+
+/// The directory part, as POSIX `dirname` (and Perl's) gives it.
+fn dirname(path: &[u8]) -> Vec<u8> {
+    let trimmed = match path.iter().rposition(|b| *b != b'/') {
+        Some(i) => &path[..=i],
+        None if path.is_empty() => return b".".to_vec(),
+        None => return b"/".to_vec(),
+    };
+    let Some(slash) = trimmed.iter().rposition(|b| *b == b'/') else {
+        return b".".to_vec();
+    };
+    match trimmed[..slash].iter().rposition(|b| *b != b'/') {
+        Some(i) => trimmed[..=i].to_vec(),
+        None => b"/".to_vec(),
+    }
 }
 
 /// A command line for people: each argument shell-quoted when it needs it.
@@ -199,14 +259,15 @@ fn is_executable(p: &Path) -> bool {
 /// group is killed, so no stray outlives the job or holds its pipes open.
 pub async fn run(
     argv: &[OsString],
+    env: &[(&str, String)],
     ctx: &JobContext,
     kill_after: Duration,
     kill_now: &CancellationToken,
     groups: &Mutex<HashSet<i32>>,
-    programs: &Programs,
-    capture_limit: usize,
+    launch: &Launch,
 ) -> Ran {
-    let mut cmd = match programs.find(&argv[0]) {
+    let capture_limit = launch.capture_limit;
+    let mut cmd = match launch.programs.find(&argv[0]) {
         Some(path) => {
             let mut cmd = tokio::process::Command::new(path);
             // The program sees its name as it was given.
@@ -219,6 +280,7 @@ pub async fn run(
     // process group is still found when the job ends (`contain.rs`).
     let token = contain::new_token();
     cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(contain::TOKEN_VAR, &token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -308,6 +370,15 @@ pub async fn run(
 /// the job's escaped processes are looked for.
 const OUTPUT_GRACE: Duration = Duration::from_millis(50);
 
+/// How commands are started, the same for every job of a run.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Where each program was found in `PATH`.
+    pub programs: Programs,
+    /// Bytes of a job's stream kept in memory; the rest goes to a file.
+    pub capture_limit: usize,
+}
+
 /// Reads a pipe of the job's to its end (nothing if it has none).
 async fn capture(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Captured {
     match pipe {
@@ -347,23 +418,42 @@ mod tests {
         v.iter().map(OsString::from).collect()
     }
 
+    const S: Slots = Slots { seq: 7, slot: 2 };
+
     #[test]
     fn placeholders_are_replaced_inside_arguments() {
         let t = Template::new(os(&["cp", "{}", "backup/{}.bak"]));
-        assert_eq!(t.argv(b"a b"), os(&["cp", "a b", "backup/a b.bak"]));
+        assert_eq!(t.argv(b"a b", S), os(&["cp", "a b", "backup/a b.bak"]));
+    }
+
+    /// The same as GNU parallel 20221122 prints for these inputs.
+    #[test]
+    fn replacement_strings_as_gnu_parallel_reads_them() {
+        let t = Template::new(os(&["[{}] [{.}] [{/}] [{//}] [{/.}] [{#}] [{%}]"]));
+        for (input, expected) in [
+            ("a/b/c.txt", "[a/b/c.txt] [a/b/c] [c.txt] [a/b] [c] [7] [2]"),
+            ("c.txt", "[c.txt] [c] [c.txt] [.] [c] [7] [2]"),
+            ("/c", "[/c] [/c] [c] [/] [c] [7] [2]"),
+            ("dir/", "[dir/] [dir/] [] [.] [] [7] [2]"),
+            ("a.b.c", "[a.b.c] [a.b] [a.b.c] [.] [a.b] [7] [2]"),
+            (".hidden", "[.hidden] [] [.hidden] [.] [] [7] [2]"),
+            ("a/.h", "[a/.h] [a/] [.h] [a] [] [7] [2]"),
+        ] {
+            assert_eq!(t.argv(input.as_bytes(), S), os(&[expected]), "{input}");
+        }
     }
 
     #[test]
     fn without_placeholder_the_record_is_appended() {
         let t = Template::new(os(&["echo", "-n"]));
-        assert_eq!(t.argv(b"x"), os(&["echo", "-n", "x"]));
+        assert_eq!(t.argv(b"x", S), os(&["echo", "-n", "x"]));
     }
 
     #[test]
     fn a_record_is_one_argument_whatever_it_holds() {
         let t = Template::new(os(&["printf", "%s", "{}"]));
         let evil = b"$(touch pwned); rm -rf x {}";
-        let argv = t.argv(evil);
+        let argv = t.argv(evil, S);
         assert_eq!(argv.len(), 3);
         assert_eq!(argv[2].as_bytes(), evil);
     }
@@ -371,7 +461,7 @@ mod tests {
     #[test]
     fn invalid_utf8_passes_through() {
         let t = Template::new(os(&["cat", "{}"]));
-        assert_eq!(t.argv(b"\xff\xfe")[1].as_bytes(), b"\xff\xfe");
+        assert_eq!(t.argv(b"\xff\xfe", S)[1].as_bytes(), b"\xff\xfe");
     }
 
     #[test]

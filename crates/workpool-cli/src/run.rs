@@ -88,8 +88,8 @@ struct State {
     kill_now: CancellationToken,
     /// Process groups still alive, killed on the way out whatever happened.
     groups: Arc<Mutex<HashSet<i32>>>,
-    /// Where each program was found in `PATH`.
-    programs: command::Programs,
+    /// How commands start: programs found in `PATH`, output kept.
+    launch: command::Launch,
     halt: Option<Halt>,
     /// Final failures so far, counted in the outcome hook.
     failures: AtomicU64,
@@ -99,8 +99,6 @@ struct State {
     /// holds the hook, so this is a cycle; the process exits after the run.)
     pool: OnceLock<RunPool>,
     stop: mpsc::UnboundedSender<Stop>,
-    /// Bytes of a job's stream kept in memory; the rest goes to a file.
-    capture_limit: usize,
 }
 
 type Input = Pin<Box<dyn AsyncBufRead + Send>>;
@@ -209,15 +207,13 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     if args.dry_run {
         // A signal ends even a dry run waiting on its input.
         return tokio::select! {
-            status = dry_run(input, separator, &template) => status,
+            status = dry_run(input, separator, &template, jobs_of(&args)) => status,
             s = next_signal(&mut signals) => Ok(s.exit_code()),
         };
     }
 
     let (joblog, previous, resume_mode) = open_joblog(&args)?;
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let jobs = jobs_of(&args);
     let (events, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let state = Arc::new(State {
@@ -225,13 +221,15 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         kill_after: args.kill_after,
         kill_now: CancellationToken::new(),
         groups: GROUPS.get_or_init(Default::default).clone(),
-        programs: command::Programs::default(),
+        launch: command::Launch {
+            programs: command::Programs::default(),
+            capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
+        },
         halt: args.halt,
         failures: AtomicU64::new(0),
         halted: AtomicBool::new(false),
         pool: OnceLock::new(),
         stop: stop_tx.clone(),
-        capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
     });
     let pool = build_pool(&args, jobs, &state)?;
 
@@ -438,6 +436,12 @@ impl Running {
     }
 }
 
+/// -j, or the number of CPUs.
+fn jobs_of(args: &RunArgs) -> usize {
+    args.jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The job log, what it says finished (when resuming), and how to resume.
 fn open_joblog(args: &RunArgs) -> Result<(Option<JobLog>, Previous, Option<ResumeMode>), String> {
     let resume_mode = match (args.resume, args.resume_failed) {
@@ -547,10 +551,16 @@ fn signal_name(s: Signal) -> &'static str {
     }
 }
 
-async fn dry_run(input: Input, separator: u8, template: &Template) -> Result<i32, String> {
+async fn dry_run(
+    input: Input,
+    separator: u8,
+    template: &Template,
+    jobs: usize,
+) -> Result<i32, String> {
     use std::io::Write;
     let mut records = Records::new(input, separator);
     let mut out = std::io::stdout().lock();
+    let mut seq = 0u64;
     while let Some(rec) = records
         .next()
         .await
@@ -559,7 +569,13 @@ async fn dry_run(input: Input, separator: u8, template: &Template) -> Result<i32
         if rec.is_empty() {
             continue;
         }
-        if let Err(e) = writeln!(out, "{}", command::display(&template.argv(&rec))) {
+        seq += 1;
+        // The slots a run would use in turn, as GNU parallel's --dry-run shows.
+        let slots = command::Slots {
+            seq,
+            slot: ((seq - 1) % jobs as u64) as usize + 1,
+        };
+        if let Err(e) = writeln!(out, "{}", command::display(&template.argv(&rec, slots))) {
             // As a run: a closed stdout is 141, another failure 1.
             return Ok(if e.kind() == std::io::ErrorKind::BrokenPipe {
                 141
@@ -737,7 +753,16 @@ const NUL_RECORD: &str =
 
 async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<Attempted, BoxError> {
     let record = job.into_payload();
-    let argv = st.template.argv(&record);
+    let slots = command::Slots {
+        seq: ctx.id().as_u64().unwrap_or(0),
+        slot: ctx.worker(),
+    };
+    let argv = st.template.argv(&record, slots);
+    // As GNU parallel: scripts find their sequence number and job slot.
+    let env = [
+        ("PARALLEL_SEQ", slots.seq.to_string()),
+        ("PARALLEL_JOBSLOT", slots.slot.to_string()),
+    ];
     let start = SystemTime::now();
     let began = Instant::now();
     // An argument is a C string: a NUL byte cannot be passed, so say so
@@ -754,12 +779,12 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
     }
     let ran = command::run(
         &argv,
+        &env,
         &ctx,
         st.kill_after,
         &st.kill_now,
         &st.groups,
-        &st.programs,
-        st.capture_limit,
+        &st.launch,
     )
     .await;
     let success = ran.exit.success();
@@ -813,7 +838,11 @@ fn done_from(
             done.stderr = stderr;
         }
         // Nothing came back (abandoned, given up on): the command it ran.
-        None if attempts > 0 => done.argv = template.argv(&done.record),
+        // (The job slot it ran in is not known here.)
+        None if attempts > 0 => {
+            let slots = command::Slots { seq, slot: 0 };
+            done.argv = template.argv(&done.record, slots);
+        }
         None => {}
     }
     done

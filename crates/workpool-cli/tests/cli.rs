@@ -1499,3 +1499,64 @@ fn a_process_limit_is_a_clean_stop_never_a_hang() {
         assert!(!err.contains("panicked at"), "limit {limit}: {err}");
     }
 }
+
+/// The invocations the README's GNU parallel table claims behave the same,
+/// run through GNU parallel and `workpool run`, outputs compared. GNU
+/// parallel comes from the machine (CI installs it); without it the test
+/// says so and checks nothing, except under CI, where it fails.
+#[test]
+fn the_same_as_gnu_parallel() {
+    let found = Command::new("parallel").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "GNU parallel is needed in CI"
+        );
+        eprintln!("skipped: GNU parallel is not installed");
+        return;
+    }
+    let dir = Dir::new("vsparallel");
+    let input = b"a/b/c.txt\nc.txt\n/c\ndir/\na.b.c\n.hidden\na/.h\nx y.tar.gz\n";
+    let cases: &[&[&str]] = &[
+        &["-k", "echo", "[{}] [{.}] [{/}] [{//}] [{/.}] [{#}]"],
+        &["-k", "-j", "1", "echo", "{%}", "{#}"],
+        &["-k", "echo", "pre-{}-post", "{/.}"],
+        &["-k", "echo", "appended"],
+        &[
+            "-k",
+            "-j",
+            "1",
+            "sh",
+            "-c",
+            "echo \"$PARALLEL_SEQ $PARALLEL_JOBSLOT $1\"",
+            "_",
+            "{}",
+        ],
+        &["-0", "-k", "echo", "[{}]"],
+    ];
+    for args in cases {
+        let stdin: Vec<u8> = if args[0] == "-0" {
+            input
+                .iter()
+                .map(|b| if *b == b'\n' { 0 } else { *b })
+                .collect()
+        } else {
+            input.to_vec()
+        };
+        let ours = run(&dir, args, &stdin);
+        // -q: GNU parallel quotes the command for its shell, so that its
+        // arguments arrive as given, as workpool's always do (no shell).
+        let mut theirs = Command::new("parallel")
+            .args(["--will-cite", "-q"])
+            .args(*args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        theirs.stdin.take().unwrap().write_all(&stdin).unwrap();
+        let theirs = theirs.wait_with_output().unwrap();
+        assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
+        assert_eq!(text(&ours.stdout), text(&theirs.stdout), "{args:?}");
+    }
+}
