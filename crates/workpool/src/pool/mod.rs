@@ -40,7 +40,9 @@ type PoolCore<P, T> = Core<P, T, MemoryStore<P>>;
 /// Dropping the last handle without calling [`shutdown`](Self::shutdown)
 /// does not block and loses nothing that is queued: the queue is closed to new
 /// jobs, and the workers run what is queued and running to the end in the
-/// background (retries included, when they come due), then exit. If the runtime itself is dropped, its
+/// background (jobs already waiting to retry included, when they come due;
+/// a job that fails after the drop is not retried but ends `Unstarted`, the
+/// hook sees it), then exit. If the runtime itself is dropped, its
 /// tasks go with it: handles of unfinished jobs resolve to
 /// [`Outcome::Abandoned`](crate::Outcome::Abandoned). Call `shutdown` to know
 /// what finished.
