@@ -100,6 +100,50 @@ impl Captured {
     }
 }
 
+/// A writer that starts every line with `prefix` (a last line without its
+/// newline too), for `--tag`.
+pub struct Tagged<'a, W: Write> {
+    out: W,
+    prefix: &'a [u8],
+    at_line_start: bool,
+}
+
+impl<'a, W: Write> Tagged<'a, W> {
+    pub fn new(out: W, prefix: &'a [u8]) -> Self {
+        Tagged {
+            out,
+            prefix,
+            at_line_start: true,
+        }
+    }
+}
+
+impl<W: Write> Write for Tagged<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if self.at_line_start {
+                self.out.write_all(self.prefix)?;
+                self.at_line_start = false;
+            }
+            let end = match rest.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    self.at_line_start = true;
+                    i + 1
+                }
+                None => rest.len(),
+            };
+            self.out.write_all(&rest[..end])?;
+            rest = &rest[end..];
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// A new temporary file, readable by its owner only, unlinked at once: it
 /// goes away with its handle, whatever happens to this process.
 fn spill_file() -> io::Result<File> {
@@ -159,6 +203,18 @@ mod tests {
             c.write_to(&mut again).unwrap();
             assert_eq!(again, bytes);
         }
+    }
+
+    #[test]
+    fn tagged_lines_start_with_the_prefix_whatever_the_chunks() {
+        let mut out = Vec::new();
+        {
+            let mut t = Tagged::new(&mut out, b"r\t");
+            for chunk in [&b"a"[..], b"b\nc", b"\n", b"\nd"] {
+                t.write_all(chunk).unwrap();
+            }
+        }
+        assert_eq!(out, b"r\tab\nr\tc\nr\t\nr\td");
     }
 
     #[test]

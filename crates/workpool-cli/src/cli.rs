@@ -123,6 +123,15 @@ pub struct RunArgs {
     #[arg(short = 'k', long)]
     pub keep_order: bool,
 
+    /// Start each line of a job's output with its record and a tab (as GNU
+    /// parallel's --tag)
+    #[arg(long)]
+    pub tag: bool,
+
+    /// Start jobs at least DUR apart (as GNU parallel's --delay)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+
     /// Show a progress bar on stderr (only when stderr is a terminal)
     #[arg(long)]
     pub bar: bool,

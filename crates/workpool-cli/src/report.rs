@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 use workpool::OutcomeKind;
 
-use crate::capture::Captured;
+use crate::capture::{Captured, Tagged};
 use crate::cli::HaltWhen;
 use crate::command::{self, Exit};
 use crate::joblog::{Entry, JobLog};
@@ -96,6 +96,8 @@ pub struct Reporter {
     pub window: std::sync::Arc<Semaphore>,
     pub timeout: Option<Duration>,
     pub stop: mpsc::UnboundedSender<Stop>,
+    /// --tag: each line of output starts with the record and a tab.
+    pub tag: bool,
 }
 
 /// What the run did, for the summary and the exit status.
@@ -434,15 +436,24 @@ impl Reporter {
         if summary.output_error.is_some() || (done.stdout.is_empty() && done.stderr.is_empty()) {
             return;
         }
+        let mut prefix = done.record.clone();
+        prefix.push(b'\t');
+        let tag = self.tag;
         let mut write = || -> io::Result<()> {
             if !done.stdout.is_empty() {
                 let mut out = io::stdout().lock();
-                done.stdout.write_to(&mut out)?;
+                match tag {
+                    true => done.stdout.write_to(&mut Tagged::new(&mut out, &prefix))?,
+                    false => done.stdout.write_to(&mut out)?,
+                }
                 out.flush()?;
             }
             if !done.stderr.is_empty() {
                 let mut err = io::stderr().lock();
-                done.stderr.write_to(&mut err)?;
+                match tag {
+                    true => done.stderr.write_to(&mut Tagged::new(&mut err, &prefix))?,
+                    false => done.stderr.write_to(&mut err)?,
+                }
                 err.flush()?;
             }
             Ok(())

@@ -95,6 +95,9 @@ struct State {
     failures: AtomicU64,
     /// Set in the outcome hook when --halt's limit is reached.
     halted: AtomicBool,
+    /// --delay, and when the next job may start under it.
+    delay: Option<Duration>,
+    next_start: Mutex<Option<tokio::time::Instant>>,
     /// The pool, for the hook to stop its intake at the limit. (The pool
     /// holds the hook, so this is a cycle; the process exits after the run.)
     pool: OnceLock<RunPool>,
@@ -228,6 +231,8 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         halt: args.halt,
         failures: AtomicU64::new(0),
         halted: AtomicBool::new(false),
+        delay: args.delay,
+        next_start: Mutex::new(None),
         pool: OnceLock::new(),
         stop: stop_tx.clone(),
     });
@@ -242,6 +247,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         window: window.clone(),
         timeout: args.timeout,
         stop: stop_tx.clone(),
+        tag: args.tag,
     }
     .spawn(events_rx)
     .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
@@ -764,7 +770,6 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
         ("PARALLEL_JOBSLOT", slots.slot.to_string()),
     ];
     let start = SystemTime::now();
-    let began = Instant::now();
     // An argument is a C string: a NUL byte cannot be passed, so say so
     // instead of the OS's "nul byte found".
     if record.contains(&0) {
@@ -777,6 +782,25 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
         };
         return Err(permanent(CommandFailed(attempted)).into());
     }
+    // --delay: starts at least the delay apart, in the order jobs get here.
+    if let Some(delay) = st.delay {
+        let at = {
+            let mut next = lock(&st.next_start);
+            let now = tokio::time::Instant::now();
+            let at = next.map_or(now, |n| n.max(now));
+            *next = Some(at + delay);
+            at
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = ctx.cancelled() => {
+                let ran = Ran::not_started("stopped while it waited for --delay".into());
+                let attempted = Attempted { argv, start, took: Duration::ZERO, ran };
+                return Err(Box::new(CommandFailed(attempted)));
+            }
+        }
+    }
+    let (start, began) = (SystemTime::now(), Instant::now());
     let ran = command::run(
         &argv,
         &env,

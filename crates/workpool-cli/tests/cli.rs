@@ -1533,6 +1533,15 @@ fn the_same_as_gnu_parallel() {
             "{}",
         ],
         &["-0", "-k", "echo", "[{}]"],
+        &[
+            "-k",
+            "--tag",
+            "sh",
+            "-c",
+            "echo \"x $1\"; printf y",
+            "_",
+            "{}",
+        ],
     ];
     for args in cases {
         let stdin: Vec<u8> = if args[0] == "-0" {
@@ -1558,5 +1567,33 @@ fn the_same_as_gnu_parallel() {
         let theirs = theirs.wait_with_output().unwrap();
         assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
         assert_eq!(text(&ours.stdout), text(&theirs.stdout), "{args:?}");
+    }
+}
+
+/// --delay spaces job starts at least its duration apart, whatever -j.
+#[test]
+fn delay_spaces_the_starts() {
+    let dir = Dir::new("delay");
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "4",
+            "--delay",
+            "300ms",
+            "sh",
+            "-c",
+            "date +%s%N > start-$0",
+        ],
+        b"1\n2\n3\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut starts: Vec<u128> = (1..=3)
+        .map(|n| dir.read(&format!("start-{n}")).trim().parse().unwrap())
+        .collect();
+    starts.sort();
+    for pair in starts.windows(2) {
+        let gap_ms = (pair[1] - pair[0]) / 1_000_000;
+        assert!(gap_ms >= 290, "starts {gap_ms} ms apart");
     }
 }
