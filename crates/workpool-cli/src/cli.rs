@@ -67,6 +67,14 @@ pub enum Command {
     /// Run COMMAND once per input record, N at a time (like `xargs -P` or GNU parallel).
     #[command(after_long_help = RUN_AFTER_HELP, after_help = "See --help for records, output, job log, signals and exit status.")]
     Run(RunArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of `workpool run` (roff), e.g. `workpool man > workpool-run.1`
+    Man,
 }
 
 /// `workpool run`.
@@ -296,11 +304,15 @@ mod tests {
     #[test]
     fn the_command_needs_no_double_dash_and_keeps_its_flags() {
         let cli = Cli::try_parse_from(["workpool", "run", "-j", "2", "echo", "-n", "{}"]).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as run")
+        };
         assert_eq!(args.jobs, Some(2));
         assert_eq!(args.command, ["echo", "-n", "{}"]);
         let cli = Cli::try_parse_from(["workpool", "run", "--", "ls", "-l"]).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as run")
+        };
         assert_eq!(args.command, ["ls", "-l"]);
     }
 

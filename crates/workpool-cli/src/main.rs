@@ -39,7 +39,29 @@ fn report_panics() {
 
 fn main() {
     let cli = cli::Cli::parse();
-    let cli::Command::Run(args) = cli.command;
+    let args = match cli.command {
+        cli::Command::Run(args) => args,
+        cli::Command::Completions { shell } => {
+            let mut command = <cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "workpool", &mut std::io::stdout());
+            return;
+        }
+        cli::Command::Man => {
+            // The page of `workpool run`, the tool's one job, as `workpool-run(1)`.
+            let command = <cli::Cli as clap::CommandFactory>::command();
+            let run = command
+                .find_subcommand("run")
+                .cloned()
+                .expect("the run subcommand")
+                .name("workpool-run");
+            let page = clap_mangen::Man::new(run);
+            if let Err(e) = page.render(&mut std::io::stdout()) {
+                report::say(&format!("workpool: writing the man page failed: {e}\n"));
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
     report_panics();
     std::process::exit(run_on_a_runtime(args));
 }

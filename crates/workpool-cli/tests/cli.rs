@@ -1597,3 +1597,26 @@ fn delay_spaces_the_starts() {
         assert!(gap_ms >= 290, "starts {gap_ms} ms apart");
     }
 }
+
+/// Shell completions and the man page come from the same flag definitions.
+#[test]
+fn completions_and_a_man_page_are_generated_from_the_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        assert!(text(&out.stdout).contains("jobs"), "{shell}");
+        assert!(text(&out.stdout).contains("joblog"), "{shell}");
+    }
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = text(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH workpool-run"),
+        "{page}"
+    );
+    assert!(page.contains("\\-\\-joblog"), "{page}");
+    assert!(page.contains("Exit status"), "{page}");
+}
