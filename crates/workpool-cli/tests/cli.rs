@@ -52,6 +52,12 @@ fn run(dir: &Dir, args: &[&str], input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Asserts that a run's stderr says `what`, showing it whole if not.
+fn stderr_has(out: &Output, what: &str) {
+    let err = text(&out.stderr);
+    assert!(err.contains(what), "expected {what:?} in: {err}");
+}
+
 /// Output as text. Every run's summary must agree with the pool's own
 /// counts: the CLI says so on stderr when they differ.
 fn text(b: &[u8]) -> String {
@@ -217,11 +223,7 @@ fn a_timeout_kills_the_whole_process_group() {
     let log = joblog(&dir, "log");
     assert_eq!(log[0]["outcome"], "timed_out");
     assert_eq!(log[0]["signal"], 15, "SIGTERM was enough");
-    assert!(
-        text(&out.stderr).contains("timed out after 300ms"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "timed out after 300ms");
 }
 
 #[test]
@@ -481,11 +483,7 @@ fn a_joblog_cut_off_mid_line_is_repaired_on_resume() {
         b"",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("the last line was cut off"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "the last line was cut off");
     assert_eq!(
         dir.read("ran"),
         format!("{lost}\n"),
@@ -508,11 +506,7 @@ fn a_corrupt_or_foreign_joblog_is_refused_naming_the_line() {
         b"a\n",
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("log:2: not a workpool job log entry"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "log:2: not a workpool job log entry");
     assert!(!dir.path("ran").exists(), "nothing ran");
 }
 
@@ -576,11 +570,7 @@ fn a_command_that_cannot_run_fails_each_job_clearly() {
     std::fs::write(dir.path("not-exec"), "#!/bin/sh\n").unwrap();
     let out = run(&dir, &["./not-exec"], b"a\n");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("Permission denied"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "Permission denied");
 }
 
 #[test]
@@ -991,11 +981,7 @@ fn a_huge_j_costs_nothing_until_there_is_work() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(
-        text(&out.stderr).contains("1 job in"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "1 job in");
 }
 
 /// Before: `--timeout 0` stopped every job at once; the error text said a
@@ -1005,20 +991,12 @@ fn timeouts_are_seconds_or_units_and_never_zero() {
     let dir = Dir::new("timeout0");
     let out = run(&dir, &["--timeout", "0", "touch", "ran"], b"1\n");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("more than 0"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "more than 0");
     assert!(!dir.path("ran").exists());
     let out = run(&dir, &["--timeout", "5", "echo", "ok"], b"1\n");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = run(&dir, &["--timeout", "5x", "echo", "ok"], b"1\n");
-    assert!(
-        text(&out.stderr).contains("expected seconds"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "expected seconds");
 }
 
 /// Before: `--input -` was a file named `-`, `--joblog -` created one, and
@@ -1032,11 +1010,7 @@ fn dash_input_is_stdin_and_a_log_cannot_be_stdout_or_the_input() {
 
     let out = run(&dir, &["--joblog", "-", "touch", "ran"], b"1\n");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("--joblog -"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "--joblog -");
     assert!(!dir.path("-").exists() && !dir.path("ran").exists());
 
     std::fs::write(dir.path("records"), "1\n2\n").unwrap();
@@ -1046,11 +1020,7 @@ fn dash_input_is_stdin_and_a_log_cannot_be_stdout_or_the_input() {
         b"",
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("is the --input file"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "is the --input file");
     assert_eq!(dir.read("records"), "1\n2\n", "the input was damaged");
     assert!(!dir.path("ran").exists());
 }
@@ -1148,11 +1118,7 @@ fn a_log_whose_last_line_lacks_its_newline_is_repaired() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = run(&dir, &["--joblog", "log", "--resume", "echo"], b"a\nb\nc\n");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("3 skipped"),
-        "{}",
-        text(&out.stderr)
-    );
+    stderr_has(&out, "3 skipped");
     assert_eq!(joblog(&dir, "log").len(), 3);
 }
 
