@@ -62,6 +62,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run COMMAND once per input record, N at a time (like `xargs -P` or GNU parallel).
@@ -122,9 +124,11 @@ pub struct RunArgs {
     #[arg(long, requires = "joblog", conflicts_with = "resume")]
     pub resume_failed: bool,
 
-    /// Stop after failures: `now,fail=N` kills running jobs, `soon,fail=N` lets them finish;
-    /// no new job starts once N jobs failed
-    #[arg(long, value_name = "WHEN,fail=N", value_parser = parse_halt)]
+    /// Stop early: `WHEN,fail=N` after N failed jobs, `WHEN,fail=P%` once P % of the
+    /// records read so far failed (after at least 3 ended), `WHEN,success=N` or
+    /// `success=P%` likewise for successes. WHEN is `now` (kill running jobs) or
+    /// `soon` (let them finish); no new job starts once the limit is reached
+    #[arg(long, value_name = "WHEN,fail|success=N[%]", value_parser = parse_halt)]
     pub halt: Option<Halt>,
 
     /// Print each job's output in input order
@@ -166,11 +170,34 @@ pub enum HaltWhen {
     Soon,
 }
 
-/// `--halt WHEN,fail=N`.
+/// `--halt WHEN,fail=N`, `fail=P%`, `success=N` or `success=P%`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Halt {
     pub when: HaltWhen,
-    pub failures: u64,
+    /// Halt on successes rather than failures.
+    pub on_success: bool,
+    pub limit: Limit,
+}
+
+/// How many jobs reach a `--halt` limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// This many jobs.
+    Count(u64),
+    /// This percentage (1 to 100) of the records read so far, once at least
+    /// three jobs ended.
+    Percent(u64),
+}
+
+impl Halt {
+    /// Whether `counted` jobs (failed, or succeeded with `on_success`) out of
+    /// `ended` jobs and `read` records reach the limit.
+    pub fn reached(&self, counted: u64, ended: u64, read: u64) -> bool {
+        match self.limit {
+            Limit::Count(n) => counted >= n,
+            Limit::Percent(p) => ended >= 3 && counted * 100 >= p * read.max(1),
+        }
+    }
 }
 
 fn parse_jobs(s: &str) -> Result<usize, String> {
@@ -216,21 +243,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
-/// `now,fail=N` or `soon,fail=N`.
+/// `now|soon,fail|success=N` or `...=P%`.
 pub fn parse_halt(s: &str) -> Result<Halt, String> {
-    let bad =
-        || format!("invalid --halt `{s}`: expected now,fail=N or soon,fail=N with N at least 1");
+    let bad = || {
+        format!(
+            "invalid --halt `{s}`: expected now or soon, then fail= or success= with N at least 1, or P% from 1% to 100%"
+        )
+    };
     let (when, rest) = s.split_once(',').ok_or_else(bad)?;
     let when = match when {
         "now" => HaltWhen::Now,
         "soon" => HaltWhen::Soon,
         _ => return Err(bad()),
     };
-    let n = rest.strip_prefix("fail=").ok_or_else(bad)?;
-    match n.parse::<u64>() {
-        Ok(failures) if failures > 0 => Ok(Halt { when, failures }),
-        _ => Err(bad()),
-    }
+    let (on_success, n) = match (rest.strip_prefix("fail="), rest.strip_prefix("success=")) {
+        (Some(n), _) => (false, n),
+        (_, Some(n)) => (true, n),
+        _ => return Err(bad()),
+    };
+    let limit = match n.strip_suffix('%') {
+        Some(p) => match p.parse::<u64>() {
+            Ok(p) if (1..=100).contains(&p) => Limit::Percent(p),
+            _ => return Err(bad()),
+        },
+        None => match n.parse::<u64>() {
+            Ok(n) if n > 0 => Limit::Count(n),
+            _ => return Err(bad()),
+        },
+    };
+    Ok(Halt {
+        when,
+        on_success,
+        limit,
+    })
 }
 
 #[cfg(test)]
@@ -268,27 +313,37 @@ mod tests {
 
     #[test]
     fn halt() {
+        let halt = |when, on_success, limit| {
+            Ok(Halt {
+                when,
+                on_success,
+                limit,
+            })
+        };
         assert_eq!(
             parse_halt("now,fail=1"),
-            Ok(Halt {
-                when: HaltWhen::Now,
-                failures: 1
-            })
+            halt(HaltWhen::Now, false, Limit::Count(1))
         );
         assert_eq!(
             parse_halt("soon,fail=3"),
-            Ok(Halt {
-                when: HaltWhen::Soon,
-                failures: 3
-            })
+            halt(HaltWhen::Soon, false, Limit::Count(3))
+        );
+        assert_eq!(
+            parse_halt("now,success=2"),
+            halt(HaltWhen::Now, true, Limit::Count(2))
+        );
+        assert_eq!(
+            parse_halt("soon,fail=10%"),
+            halt(HaltWhen::Soon, false, Limit::Percent(10))
         );
         for bad in [
             "now",
             "later,fail=1",
             "now,fail=0",
             "now,fail=x",
-            "now,success=1",
-            "now,fail=10%",
+            "now,done=1",
+            "now,fail=0%",
+            "now,fail=101%",
         ] {
             assert!(parse_halt(bad).is_err(), "{bad}");
         }

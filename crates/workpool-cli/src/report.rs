@@ -112,6 +112,8 @@ pub struct Summary {
     pub not_run: Vec<(u64, String)>,
     pub not_run_total: u64,
     pub halted: bool,
+    /// `--halt ...,success=` stopped the run (not a failure).
+    pub halted_on_success: bool,
     pub joblog_error: Option<String>,
     /// Why the jobs' output could not all be delivered, if it could not.
     pub output_error: Option<OutputError>,
@@ -202,6 +204,9 @@ impl Summary {
         }
         if self.halted {
             out.push_str("  halted: --halt limit reached\n");
+        }
+        if self.halted_on_success {
+            out.push_str("  halted: --halt success limit reached\n");
         }
         if self.input_unread {
             out.push_str("  the rest of the input was not read, so not run\n");

@@ -91,8 +91,11 @@ struct State {
     /// How commands start: programs found in `PATH`, output kept.
     launch: command::Launch,
     halt: Option<Halt>,
-    /// Final failures so far, counted in the outcome hook.
+    /// Final failures and successes so far, counted in the outcome hook,
+    /// and the records read (for a `--halt` percentage).
     failures: AtomicU64,
+    successes: AtomicU64,
+    read: Arc<AtomicU64>,
     /// Set in the outcome hook when --halt's limit is reached.
     halted: AtomicBool,
     /// --delay, and when the next job may start under it.
@@ -230,6 +233,8 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         },
         halt: args.halt,
         failures: AtomicU64::new(0),
+        successes: AtomicU64::new(0),
+        read: Arc::new(AtomicU64::new(0)),
         halted: AtomicBool::new(false),
         delay: args.delay,
         next_start: Mutex::new(None),
@@ -262,6 +267,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         alive: alive_tx,
         jobs,
         submitted: 0,
+        read: state.read.clone(),
         events: events.clone(),
         previous,
         resume_mode,
@@ -390,7 +396,11 @@ impl Running {
             kill_groups(&self.state.groups);
             return Ok(self.interrupted.map_or(1, Signal::exit_code));
         };
-        summary.halted = self.state.halted.load(Ordering::SeqCst);
+        // A halt on successes is a success; one on failures is not.
+        let halted = self.state.halted.load(Ordering::SeqCst);
+        let on_success = self.state.halt.is_some_and(|h| h.on_success);
+        summary.halted = halted && !on_success;
+        summary.halted_on_success = halted && on_success;
         // No child outlives us, even one whose job the pool gave up on.
         kill_groups(&self.state.groups);
         // The summary is built from the handles' outcomes, the report from the
@@ -604,6 +614,8 @@ struct ReadInput {
     jobs: usize,
     /// Records submitted so far.
     submitted: usize,
+    /// Records read so far, for a `--halt` percentage.
+    read: Arc<AtomicU64>,
     events: mpsc::UnboundedSender<Event>,
     previous: Previous,
     resume_mode: Option<ResumeMode>,
@@ -638,6 +650,7 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
             continue;
         }
         seq += 1;
+        r.read.store(seq, Ordering::SeqCst);
         if let (Some(mode), Some(path)) = (r.resume_mode, &r.joblog_path) {
             match r.previous.skip(seq, &record, mode, path) {
                 Ok(true) => {
@@ -735,15 +748,21 @@ impl ReadInput {
     }
 }
 
-/// Counts a final failure and, at --halt's limit, stops new jobs at once and
+/// Counts a job's end and, at --halt's limit, stops new jobs at once and
 /// tells the main task.
 fn check_halt(st: &State, kind: OutcomeKind) {
     let Some(halt) = st.halt else { return };
-    if !matches!(kind, OutcomeKind::Failed | OutcomeKind::TimedOut) {
-        return;
-    }
-    let failures = st.failures.fetch_add(1, Ordering::SeqCst) + 1;
-    if failures >= halt.failures && !st.halted.swap(true, Ordering::SeqCst) {
+    let (failed, succeeded) = match kind {
+        OutcomeKind::Failed | OutcomeKind::TimedOut => (1, 0),
+        OutcomeKind::Succeeded => (0, 1),
+        _ => return,
+    };
+    let failures = st.failures.fetch_add(failed, Ordering::SeqCst) + failed;
+    let successes = st.successes.fetch_add(succeeded, Ordering::SeqCst) + succeeded;
+    let counted = if halt.on_success { successes } else { failures };
+    let read = st.read.load(Ordering::SeqCst);
+    if halt.reached(counted, failures + successes, read) && !st.halted.swap(true, Ordering::SeqCst)
+    {
         // The hook runs on the worker before it claims another job: from
         // here on nothing starts, and queued records come back unstarted.
         if let Some(pool) = st.pool.get() {

@@ -1586,3 +1586,44 @@ fn completions_and_a_man_page_are_generated_from_the_flags() {
     assert!(page.contains("\\-\\-joblog"), "{page}");
     assert!(page.contains("Exit status"), "{page}");
 }
+
+/// `--halt` on successes, and by a percentage of the records read so far.
+#[test]
+fn halt_on_successes_and_percentages() {
+    let dir = Dir::new("haltpct");
+    let input = b"1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n";
+    // Stop after two successes: a success, exit 0.
+    let out = run(
+        &dir,
+        &[
+            "-j",
+            "1",
+            "--halt",
+            "soon,success=2",
+            "sh",
+            "-c",
+            "touch s-$0",
+        ],
+        input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    stderr_has(&out, "--halt success limit reached");
+    let ran = (1..=10)
+        .filter(|n| dir.path(&format!("s-{n}")).exists())
+        .count();
+    assert_eq!(ran, 2);
+    // Every job fails: 50 % of the records read so far is reached once the
+    // third has ended (a percentage waits for three), so nothing more starts.
+    let script = "touch p-$0; false";
+    let out = run(
+        &dir,
+        &["-j", "1", "--halt", "soon,fail=50%", "sh", "-c", script],
+        input,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    stderr_has(&out, "--halt limit reached");
+    let ran = (1..=10)
+        .filter(|n| dir.path(&format!("p-{n}")).exists())
+        .count();
+    assert_eq!(ran, 3);
+}
