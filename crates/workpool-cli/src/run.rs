@@ -222,25 +222,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let jobs = jobs_of(&args);
     let (events, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-    let state = Arc::new(State {
-        template,
-        kill_after: args.kill_after,
-        kill_now: CancellationToken::new(),
-        groups: GROUPS.get_or_init(Default::default).clone(),
-        launch: command::Launch {
-            programs: command::Programs::default(),
-            capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
-        },
-        halt: args.halt,
-        failures: AtomicU64::new(0),
-        successes: AtomicU64::new(0),
-        read: Arc::new(AtomicU64::new(0)),
-        halted: AtomicBool::new(false),
-        delay: args.delay,
-        next_start: Mutex::new(None),
-        pool: OnceLock::new(),
-        stop: stop_tx.clone(),
-    });
+    let state = new_state(&args, jobs, stop_tx.clone());
     let pool = build_pool(&args, jobs, &state)?;
 
     let window = Arc::new(Semaphore::new(window_size(jobs, args.keep_order)));
@@ -456,6 +438,29 @@ impl Running {
 fn jobs_of(args: &RunArgs) -> usize {
     args.jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// What the handler and the outcome hook share for this run.
+fn new_state(args: &RunArgs, jobs: usize, stop: mpsc::UnboundedSender<Stop>) -> Arc<State> {
+    Arc::new(State {
+        template: Template::new(args.command.clone()),
+        kill_after: args.kill_after,
+        kill_now: CancellationToken::new(),
+        groups: GROUPS.get_or_init(Default::default).clone(),
+        launch: command::Launch {
+            programs: command::Programs::default(),
+            capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
+        },
+        halt: args.halt,
+        failures: AtomicU64::new(0),
+        successes: AtomicU64::new(0),
+        read: Arc::new(AtomicU64::new(0)),
+        halted: AtomicBool::new(false),
+        delay: args.delay,
+        next_start: Mutex::new(None),
+        pool: OnceLock::new(),
+        stop,
+    })
 }
 
 /// The job log, what it says finished (when resuming), and how to resume.
