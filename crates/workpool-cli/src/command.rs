@@ -1,6 +1,7 @@
 //! Building a job's argv from the template, running it in a process group of
 //! its own, and stopping that whole group.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -73,27 +74,33 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// One argument with its replacement strings filled in.
 fn expand(arg: &[u8], record: &[u8], slots: Slots) -> Vec<u8> {
     let mut out = Vec::with_capacity(arg.len() + record.len());
-    let mut i = 0;
-    'scan: while i < arg.len() {
-        for r in REPLACEMENTS {
-            if arg[i..].starts_with(r) {
-                match r {
-                    b"{}" => out.extend_from_slice(record),
-                    b"{.}" => out.extend_from_slice(without_extension(record)),
-                    b"{/}" => out.extend_from_slice(basename(record)),
-                    b"{//}" => out.extend_from_slice(&dirname(record)),
-                    b"{/.}" => out.extend_from_slice(without_extension(basename(record))),
-                    b"{#}" => out.extend_from_slice(slots.seq.to_string().as_bytes()),
-                    _ => out.extend_from_slice(slots.slot.to_string().as_bytes()),
-                }
-                i += r.len();
-                continue 'scan;
+    let mut rest = arg;
+    while let Some(&first) = rest.first() {
+        match REPLACEMENTS.iter().find(|r| rest.starts_with(r)) {
+            Some(r) => {
+                out.extend_from_slice(&fill(r, record, slots));
+                rest = &rest[r.len()..];
+            }
+            None => {
+                out.push(first);
+                rest = &rest[1..];
             }
         }
-        out.push(arg[i]);
-        i += 1;
     }
     out
+}
+
+/// What one replacement string stands for.
+fn fill<'a>(r: &[u8], record: &'a [u8], slots: Slots) -> Cow<'a, [u8]> {
+    match r {
+        b"{.}" => Cow::Borrowed(without_extension(record)),
+        b"{/}" => Cow::Borrowed(basename(record)),
+        b"{//}" => Cow::Owned(dirname(record)),
+        b"{/.}" => Cow::Borrowed(without_extension(basename(record))),
+        b"{#}" => Cow::Owned(slots.seq.to_string().into_bytes()),
+        b"{%}" => Cow::Owned(slots.slot.to_string().into_bytes()),
+        _ => Cow::Borrowed(record),
+    }
 }
 
 /// What follows the last `/` (all of it if there is none).
@@ -266,27 +273,10 @@ pub async fn run(
     groups: &Mutex<HashSet<i32>>,
     launch: &Launch,
 ) -> Ran {
-    let capture_limit = launch.capture_limit;
-    let mut cmd = match launch.programs.find(&argv[0]) {
-        Some(path) => {
-            let mut cmd = tokio::process::Command::new(path);
-            // The program sees its name as it was given.
-            cmd.arg0(&argv[0]);
-            cmd
-        }
-        None => tokio::process::Command::new(&argv[0]),
-    };
     // The job's processes carry its token, so that one that leaves the
     // process group is still found when the job ends (`contain.rs`).
     let token = contain::new_token();
-    cmd.args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env(contain::TOKEN_VAR, &token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = match cmd.spawn() {
+    let mut child = match command(argv, env, &token, launch).spawn() {
         Ok(child) => child,
         Err(e) => {
             return Ran::not_started(format!("cannot run {}: {e}", quote(&argv[0])));
@@ -304,37 +294,17 @@ pub async fn run(
     let outputs_done = tokio::sync::Semaphore::new(0);
     let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
     let read_out = async {
-        let c = capture(out_pipe, capture_limit).await;
+        let c = capture(out_pipe, launch.capture_limit).await;
         outputs_done.add_permits(1);
         c
     };
     let read_err = async {
-        let c = capture(err_pipe, capture_limit).await;
+        let c = capture(err_pipe, launch.capture_limit).await;
         outputs_done.add_permits(1);
         c
     };
     let wait = async {
-        let status = tokio::select! {
-            status = child.wait() => status,
-            _ = ctx.cancelled() => {
-                if kill_now.is_cancelled() {
-                    signal_group(pgid, Signal::SIGKILL);
-                } else {
-                    signal_group(pgid, Signal::SIGTERM);
-                }
-                tokio::select! {
-                    status = child.wait() => status,
-                    _ = tokio::time::sleep(kill_after) => {
-                        signal_group(pgid, Signal::SIGKILL);
-                        child.wait().await
-                    }
-                    _ = kill_now.cancelled() => {
-                        signal_group(pgid, Signal::SIGKILL);
-                        child.wait().await
-                    }
-                }
-            }
-        };
+        let status = wait_stopping(&mut child, pgid, ctx, kill_after, kill_now).await;
         // Strays left in the group die with the job.
         signal_group(pgid, Signal::SIGKILL);
         // A process that left the group and still holds the job's output
@@ -351,18 +321,77 @@ pub async fn run(
     let (status, stdout, stderr) = tokio::join!(wait, read_out, read_err);
     guard.reaped = true;
     lock(groups).remove(&pgid);
-    let exit = match status {
+    Ran {
+        exit: exit_of(status),
+        stdout,
+        stderr,
+    }
+}
+
+/// The command for `argv`: the program as found in `PATH` (seeing its name
+/// as given), the job's environment, stdin closed, output captured, in a
+/// process group of its own.
+fn command(
+    argv: &[OsString],
+    env: &[(&str, String)],
+    token: &str,
+    launch: &Launch,
+) -> tokio::process::Command {
+    let mut cmd = match launch.programs.find(&argv[0]) {
+        Some(path) => {
+            let mut cmd = tokio::process::Command::new(path);
+            cmd.arg0(&argv[0]);
+            cmd
+        }
+        None => tokio::process::Command::new(&argv[0]),
+    };
+    cmd.args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env(contain::TOKEN_VAR, token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
+/// Waits for the job's command to exit. When `ctx` is cancelled its group
+/// gets SIGTERM, then SIGKILL after `kill_after`; when `kill_now` fires,
+/// SIGKILL at once.
+async fn wait_stopping(
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    ctx: &JobContext,
+    kill_after: Duration,
+    kill_now: &CancellationToken,
+) -> std::io::Result<std::process::ExitStatus> {
+    tokio::select! {
+        status = child.wait() => return status,
+        _ = ctx.cancelled() => {}
+    }
+    if kill_now.is_cancelled() {
+        signal_group(pgid, Signal::SIGKILL);
+    } else {
+        signal_group(pgid, Signal::SIGTERM);
+    }
+    tokio::select! {
+        status = child.wait() => return status,
+        _ = tokio::time::sleep(kill_after) => {}
+        _ = kill_now.cancelled() => {}
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    child.wait().await
+}
+
+/// How a command ended, from its wait.
+fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
+    match status {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => Exit::Code(c),
             (None, Some(sig)) => Exit::Signal(sig),
             (None, None) => Exit::NotStarted("ended with an unknown status".into()),
         },
         Err(e) => Exit::NotStarted(format!("waiting for the command failed: {e}")),
-    };
-    Ran {
-        exit,
-        stdout,
-        stderr,
     }
 }
 
