@@ -441,23 +441,22 @@ impl Reporter {
         if summary.output_error.is_some() || (done.stdout.is_empty() && done.stderr.is_empty()) {
             return;
         }
-        let mut prefix = done.record.clone();
-        prefix.push(b'\t');
-        let tag = self.tag;
+        // --tag: the record and a tab before each line.
+        let prefix = self.tag.then(|| [&done.record[..], b"\t"].concat());
         let mut write = || -> io::Result<()> {
             if !done.stdout.is_empty() {
                 let mut out = io::stdout().lock();
-                match tag {
-                    true => done.stdout.write_to(&mut Tagged::new(&mut out, &prefix))?,
-                    false => done.stdout.write_to(&mut out)?,
+                match &prefix {
+                    Some(p) => done.stdout.write_to(&mut Tagged::new(&mut out, p))?,
+                    None => done.stdout.write_to(&mut out)?,
                 }
                 out.flush()?;
             }
             if !done.stderr.is_empty() {
                 let mut err = io::stderr().lock();
-                match tag {
-                    true => done.stderr.write_to(&mut Tagged::new(&mut err, &prefix))?,
-                    false => done.stderr.write_to(&mut err)?,
+                match &prefix {
+                    Some(p) => done.stderr.write_to(&mut Tagged::new(&mut err, p))?,
+                    None => done.stderr.write_to(&mut err)?,
                 }
                 err.flush()?;
             }

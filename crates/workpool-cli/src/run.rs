@@ -112,7 +112,7 @@ type Input = Pin<Box<dyn AsyncBufRead + Send>>;
 /// Opens the input before anything runs, so a bad path is a usage error.
 /// The input is read once, as it streams (a pipe or a FIFO has no second
 /// reading), so a progress bar has no total.
-async fn open_input(args: &RunArgs) -> Result<Input, String> {
+fn open_input(args: &RunArgs) -> Result<Input, String> {
     let source: Box<dyn std::io::Read + Send> = match &args.input {
         Some(path) if path.as_os_str() != "-" => {
             let fail = |e: std::io::Error| format!("cannot read --input {}: {e}", path.display());
@@ -208,7 +208,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let template = Template::new(args.command.clone());
     let separator = if args.null { 0 } else { b'\n' };
     check_joblog(&args)?;
-    let input = open_input(&args).await?;
+    let input = open_input(&args)?;
 
     if args.dry_run {
         // A signal ends even a dry run waiting on its input.
@@ -222,7 +222,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let jobs = jobs_of(&args);
     let (events, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-    let state = new_state(&args, jobs, stop_tx.clone());
+    let state = new_state(&args, jobs, template, stop_tx.clone());
     let pool = build_pool(&args, jobs, &state)?;
 
     let window = Arc::new(Semaphore::new(window_size(jobs, args.keep_order)));
@@ -441,9 +441,14 @@ fn jobs_of(args: &RunArgs) -> usize {
 }
 
 /// What the handler and the outcome hook share for this run.
-fn new_state(args: &RunArgs, jobs: usize, stop: mpsc::UnboundedSender<Stop>) -> Arc<State> {
+fn new_state(
+    args: &RunArgs,
+    jobs: usize,
+    template: Template,
+    stop: mpsc::UnboundedSender<Stop>,
+) -> Arc<State> {
     Arc::new(State {
-        template: Template::new(args.command.clone()),
+        template,
         kill_after: args.kill_after,
         kill_now: CancellationToken::new(),
         groups: GROUPS.get_or_init(Default::default).clone(),
