@@ -100,6 +100,67 @@ impl Captured {
     }
 }
 
+/// --line-buffer: passes a job's output on to the reporter a chunk of whole
+/// lines at a time, as it comes. The reporter writes each chunk at once, so
+/// a line of one job never lands inside another's. Chunks in flight are
+/// bounded by `budget` (bytes), so a slow reader of stdout holds up the
+/// jobs instead of filling memory.
+#[derive(Debug)]
+pub struct LineSink {
+    pub events: tokio::sync::mpsc::UnboundedSender<crate::report::Event>,
+    pub budget: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Bytes of chunks in flight to the reporter, for all jobs together.
+pub const LINE_BUDGET: usize = 4 << 20;
+
+/// A line longer than this is passed on in pieces.
+const LONGEST_LINE: usize = 256 << 10;
+
+impl LineSink {
+    /// Reads `pipe` to its end, passing on whole lines (each started with
+    /// `tag`); a last line without its newline goes at the end.
+    pub async fn pass_on(&self, pipe: &mut (impl AsyncRead + Unpin), stderr: bool, tag: &[u8]) {
+        let mut pending = Vec::new();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let n = match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let cut = match pending.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None if pending.len() >= LONGEST_LINE => pending.len(),
+                None => continue,
+            };
+            let rest = pending.split_off(cut);
+            let lines = std::mem::replace(&mut pending, rest);
+            self.send(lines, stderr, tag).await;
+        }
+        if !pending.is_empty() {
+            self.send(pending, stderr, tag).await;
+        }
+    }
+
+    async fn send(&self, lines: Vec<u8>, stderr: bool, tag: &[u8]) {
+        let bytes = if tag.is_empty() {
+            lines
+        } else {
+            let mut tagged = Vec::with_capacity(lines.len() + tag.len() * 4);
+            let _ = Tagged::new(&mut tagged, tag).write_all(&lines);
+            tagged
+        };
+        // Given back by the reporter once written.
+        let cost = bytes.len().clamp(1, LINE_BUDGET) as u32;
+        match self.budget.acquire_many(cost).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return,
+        }
+        let _ = self.events.send(crate::report::Event::Lines { stderr, bytes });
+    }
+}
+
 /// A writer that starts every line with `prefix` (a last line without its
 /// newline too), for `--tag`.
 pub struct Tagged<'a, W: Write> {

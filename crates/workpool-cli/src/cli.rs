@@ -144,6 +144,49 @@ pub struct RunArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub delay: Option<Duration>,
 
+    /// Split each record into columns at SEP (plain text; `\t` is a tab) for
+    /// `{1}` `{2}`…; with several columns `{}` stands for all of them
+    #[arg(short = 'C', long, value_name = "SEP", value_parser = crate::sources::parse_colsep)]
+    pub colsep: Option<crate::sources::ColumnSeparator>,
+
+    /// Pair the sources (`::: a b ::: 1 2` runs `a 1` and `b 2`) instead of
+    /// running every combination; shorter sources start over
+    #[arg(long)]
+    pub link: bool,
+
+    /// Put up to N records in each command (`{}` stands for all of them,
+    /// `{1}` `{2}`… for each)
+    #[arg(short = 'n', long = "max-args", value_name = "N", value_parser = parse_jobs)]
+    pub max_args: Option<usize>,
+
+    /// Put several records in each command: up to -n, or as many as fit in
+    /// 128 KiB (an input that fits once is spread over the job slots); a
+    /// word holding `{}` takes them all, spliced in
+    #[arg(short = 'm', conflicts_with = "context_replace")]
+    pub multiple: bool,
+
+    /// As -m, but a word holding `{}` is repeated once per record
+    /// (`pic{}.jpg` becomes `pic1.jpg pic2.jpg`)
+    #[arg(short = 'X')]
+    pub context_replace: bool,
+
+    /// Print each job's output line by line as it comes, whole lines only,
+    /// never a line of one job inside another's (not with -k)
+    #[arg(long, conflicts_with = "keep_order")]
+    pub line_buffer: bool,
+
+    /// Let jobs write straight to stdout and stderr: fastest, but output of
+    /// jobs may mix within a line, and write errors are the jobs' own
+    #[arg(short = 'u', long, conflicts_with_all = ["keep_order", "line_buffer", "tag"])]
+    pub ungroup: bool,
+
+    /// Store each job's stdout, stderr and sequence number in files under
+    /// DIR (DIR/1/VALUE/stdout…, as GNU parallel) instead of printing them;
+    /// with a replacement string, DIR names each job's files (ending in `/`:
+    /// a directory)
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["line_buffer", "ungroup"])]
+    pub results: Option<OsString>,
+
     /// Show a progress bar on stderr (only when stderr is a terminal)
     #[arg(long)]
     pub bar: bool,

@@ -1,15 +1,14 @@
 //! Building a job's argv from the template, running it in a process group of
 //! its own, and stopping that whole group.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -17,123 +16,8 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 use workpool::JobContext;
 
-use crate::capture::Captured;
+use crate::capture::{Captured, LineSink};
 use crate::contain;
-
-/// GNU parallel's replacement strings, longest first (so that `{/.}` is
-/// not read as `{/}` followed by `.`).
-const REPLACEMENTS: [&[u8]; 7] = [b"{//}", b"{/.}", b"{}", b"{.}", b"{/}", b"{#}", b"{%}"];
-
-/// What a replacement string stands for, for one job.
-#[derive(Clone, Copy, Debug)]
-pub struct Slots {
-    /// The job's sequence number, from 1 (`{#}`).
-    pub seq: u64,
-    /// The job slot, from 1 to -j (`{%}`).
-    pub slot: usize,
-}
-
-/// The command line with replacement strings (`{}`, `{.}`, `{/}`, `{//}`,
-/// `{/.}`, `{#}`, `{%}`, as GNU parallel reads them).
-#[derive(Clone, Debug)]
-pub struct Template {
-    args: Vec<OsString>,
-    has_placeholder: bool,
-}
-
-impl Template {
-    pub fn new(args: Vec<OsString>) -> Self {
-        let has_placeholder = args
-            .iter()
-            .any(|a| REPLACEMENTS.iter().any(|r| contains(a.as_bytes(), r)));
-        Template {
-            args,
-            has_placeholder,
-        }
-    }
-
-    /// The argv for one record: every replacement string replaced, or, with
-    /// none, the record appended. A record always lands inside one argument.
-    pub fn argv(&self, record: &[u8], slots: Slots) -> Vec<OsString> {
-        let mut argv: Vec<OsString> = self
-            .args
-            .iter()
-            .map(|a| OsString::from_vec(expand(a.as_bytes(), record, slots)))
-            .collect();
-        if !self.has_placeholder {
-            argv.push(OsString::from_vec(record.to_vec()));
-        }
-        argv
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// One argument with its replacement strings filled in.
-fn expand(arg: &[u8], record: &[u8], slots: Slots) -> Vec<u8> {
-    let mut out = Vec::with_capacity(arg.len() + record.len());
-    let mut rest = arg;
-    while let Some(&first) = rest.first() {
-        match REPLACEMENTS.iter().find(|r| rest.starts_with(r)) {
-            Some(r) => {
-                out.extend_from_slice(&fill(r, record, slots));
-                rest = &rest[r.len()..];
-            }
-            None => {
-                out.push(first);
-                rest = &rest[1..];
-            }
-        }
-    }
-    out
-}
-
-/// What one replacement string stands for.
-fn fill<'a>(r: &[u8], record: &'a [u8], slots: Slots) -> Cow<'a, [u8]> {
-    match r {
-        b"{.}" => Cow::Borrowed(without_extension(record)),
-        b"{/}" => Cow::Borrowed(basename(record)),
-        b"{//}" => Cow::Owned(dirname(record)),
-        b"{/.}" => Cow::Borrowed(without_extension(basename(record))),
-        b"{#}" => Cow::Owned(slots.seq.to_string().into_bytes()),
-        b"{%}" => Cow::Owned(slots.slot.to_string().into_bytes()),
-        _ => Cow::Borrowed(record),
-    }
-}
-
-/// What follows the last `/` (all of it if there is none).
-fn basename(path: &[u8]) -> &[u8] {
-    match path.iter().rposition(|b| *b == b'/') {
-        Some(i) => &path[i + 1..],
-        None => path,
-    }
-}
-
-/// Without the last `.` and what follows, if no `/` follows it.
-fn without_extension(path: &[u8]) -> &[u8] {
-    match path.iter().rposition(|b| *b == b'.') {
-        Some(i) if !path[i..].contains(&b'/') => &path[..i],
-        _ => path,
-    }
-}
-
-/// The directory part, as POSIX `dirname` (and Perl's) gives it.
-fn dirname(path: &[u8]) -> Vec<u8> {
-    let trimmed = match path.iter().rposition(|b| *b != b'/') {
-        Some(i) => &path[..=i],
-        None if path.is_empty() => return b".".to_vec(),
-        None => return b"/".to_vec(),
-    };
-    let Some(slash) = trimmed.iter().rposition(|b| *b == b'/') else {
-        return b".".to_vec();
-    };
-    match trimmed[..slash].iter().rposition(|b| *b != b'/') {
-        Some(i) => trimmed[..=i].to_vec(),
-        None => b"/".to_vec(),
-    }
-}
 
 /// A command line for people: each argument shell-quoted when it needs it.
 pub fn display(argv: &[OsString]) -> String {
@@ -258,7 +142,8 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Runs `argv` in a new process group with stdin closed and output captured.
+/// Runs `argv` in a new process group with stdin closed and output captured
+/// (or passed on, see [`Output`]); `tag` starts each line passed on.
 ///
 /// When `ctx` is cancelled (deadline, shutdown), the group gets SIGTERM and,
 /// if it has not exited after `kill_after`, SIGKILL; when `kill_now` fires,
@@ -267,12 +152,11 @@ fn is_executable(p: &Path) -> bool {
 pub async fn run(
     argv: &[OsString],
     env: &[(&str, String)],
+    tag: &[u8],
     ctx: &JobContext,
-    kill_after: Duration,
-    kill_now: &CancellationToken,
-    groups: &Mutex<HashSet<i32>>,
     launch: &Launch,
 ) -> Ran {
+    let groups = &*launch.groups;
     // The job's processes carry its token, so that one that leaves the
     // process group is still found when the job ends (`contain.rs`).
     let token = contain::new_token();
@@ -289,22 +173,22 @@ pub async fn run(
         reaped: false,
     };
     lock(groups).insert(pgid);
-    // What a command prints is kept in memory up to `capture_limit` bytes
-    // per stream, the rest in a temporary file.
+    // What a command prints is kept (in memory up to `capture_limit` bytes
+    // per stream, the rest in a temporary file) or passed on line by line.
     let outputs_done = tokio::sync::Semaphore::new(0);
     let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
     let read_out = async {
-        let c = capture(out_pipe, launch.capture_limit).await;
+        let c = collect(out_pipe, false, tag, launch).await;
         outputs_done.add_permits(1);
         c
     };
     let read_err = async {
-        let c = capture(err_pipe, launch.capture_limit).await;
+        let c = collect(err_pipe, true, tag, launch).await;
         outputs_done.add_permits(1);
         c
     };
     let wait = async {
-        let status = wait_stopping(&mut child, pgid, ctx, kill_after, kill_now).await;
+        let status = wait_stopping(&mut child, pgid, ctx, launch).await;
         // Strays left in the group die with the job.
         signal_group(pgid, Signal::SIGKILL);
         // A process that left the group and still holds the job's output
@@ -349,9 +233,12 @@ fn command(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env(contain::TOKEN_VAR, token)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
+    if let Output::Inherit = launch.output {
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
     cmd
 }
 
@@ -362,9 +249,9 @@ async fn wait_stopping(
     child: &mut tokio::process::Child,
     pgid: i32,
     ctx: &JobContext,
-    kill_after: Duration,
-    kill_now: &CancellationToken,
+    launch: &Launch,
 ) -> std::io::Result<std::process::ExitStatus> {
+    let kill_now = &launch.kill_now;
     tokio::select! {
         status = child.wait() => return status,
         _ = ctx.cancelled() => {}
@@ -376,7 +263,7 @@ async fn wait_stopping(
     }
     tokio::select! {
         status = child.wait() => return status,
-        _ = tokio::time::sleep(kill_after) => {}
+        _ = tokio::time::sleep(launch.kill_after) => {}
         _ = kill_now.cancelled() => {}
     }
     signal_group(pgid, Signal::SIGKILL);
@@ -399,20 +286,53 @@ fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
 /// the job's escaped processes are looked for.
 const OUTPUT_GRACE: Duration = Duration::from_millis(50);
 
-/// How commands are started, the same for every job of a run.
-#[derive(Debug, Default)]
+/// How commands are started and stopped, the same for every job of a run.
+#[derive(Debug)]
 pub struct Launch {
     /// Where each program was found in `PATH`.
     pub programs: Programs,
     /// Bytes of a job's stream kept in memory; the rest goes to a file.
     pub capture_limit: usize,
+    /// Where the jobs' output goes.
+    pub output: Output,
+    /// The wait between SIGTERM and SIGKILL when a job is stopped.
+    pub kill_after: Duration,
+    /// Fired by a second signal: running jobs get SIGKILL at once.
+    pub kill_now: CancellationToken,
+    /// Process groups still alive, killed on the way out whatever happened.
+    pub groups: Arc<Mutex<HashSet<i32>>>,
 }
 
-/// Reads a pipe of the job's to its end (nothing if it has none).
-async fn capture(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Captured {
-    match pipe {
-        Some(mut p) => Captured::read(&mut p, limit).await.unwrap_or_default(),
-        None => Captured::default(),
+/// Where a job's stdout and stderr go.
+#[derive(Debug)]
+pub enum Output {
+    /// Kept whole, printed (or stored with --results) when the job ends.
+    Capture,
+    /// Passed on a line at a time as it comes (--line-buffer).
+    Lines(LineSink),
+    /// The job writes to our stdout and stderr itself (--ungroup).
+    Inherit,
+}
+
+/// Reads a pipe of the job's to its end (nothing if it has none): kept,
+/// or passed on line by line (then nothing is kept).
+async fn collect(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    stderr: bool,
+    tag: &[u8],
+    launch: &Launch,
+) -> Captured {
+    let Some(mut pipe) = pipe else {
+        return Captured::default();
+    };
+    match &launch.output {
+        Output::Lines(sink) => {
+            sink.pass_on(&mut pipe, stderr, tag).await;
+            Captured::default()
+        }
+        _ => Captured::read(&mut pipe, launch.capture_limit)
+            .await
+            .unwrap_or_default(),
     }
 }
 
@@ -445,52 +365,6 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
-    }
-
-    const S: Slots = Slots { seq: 7, slot: 2 };
-
-    #[test]
-    fn placeholders_are_replaced_inside_arguments() {
-        let t = Template::new(os(&["cp", "{}", "backup/{}.bak"]));
-        assert_eq!(t.argv(b"a b", S), os(&["cp", "a b", "backup/a b.bak"]));
-    }
-
-    /// The same as GNU parallel 20221122 prints for these inputs.
-    #[test]
-    fn replacement_strings_as_gnu_parallel_reads_them() {
-        let t = Template::new(os(&["[{}] [{.}] [{/}] [{//}] [{/.}] [{#}] [{%}]"]));
-        for (input, expected) in [
-            ("a/b/c.txt", "[a/b/c.txt] [a/b/c] [c.txt] [a/b] [c] [7] [2]"),
-            ("c.txt", "[c.txt] [c] [c.txt] [.] [c] [7] [2]"),
-            ("/c", "[/c] [/c] [c] [/] [c] [7] [2]"),
-            ("dir/", "[dir/] [dir/] [] [.] [] [7] [2]"),
-            ("a.b.c", "[a.b.c] [a.b] [a.b.c] [.] [a.b] [7] [2]"),
-            (".hidden", "[.hidden] [] [.hidden] [.] [] [7] [2]"),
-            ("a/.h", "[a/.h] [a/] [.h] [a] [] [7] [2]"),
-        ] {
-            assert_eq!(t.argv(input.as_bytes(), S), os(&[expected]), "{input}");
-        }
-    }
-
-    #[test]
-    fn without_placeholder_the_record_is_appended() {
-        let t = Template::new(os(&["echo", "-n"]));
-        assert_eq!(t.argv(b"x", S), os(&["echo", "-n", "x"]));
-    }
-
-    #[test]
-    fn a_record_is_one_argument_whatever_it_holds() {
-        let t = Template::new(os(&["printf", "%s", "{}"]));
-        let evil = b"$(touch pwned); rm -rf x {}";
-        let argv = t.argv(evil, S);
-        assert_eq!(argv.len(), 3);
-        assert_eq!(argv[2].as_bytes(), evil);
-    }
-
-    #[test]
-    fn invalid_utf8_passes_through() {
-        let t = Template::new(os(&["cat", "{}"]));
-        assert_eq!(t.argv(b"\xff\xfe", S)[1].as_bytes(), b"\xff\xfe");
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod contain;
 mod input;
 mod joblog;
 mod report;
+mod results;
 mod run;
+mod sources;
+mod template;
 
 use clap::Parser;
 

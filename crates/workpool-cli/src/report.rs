@@ -12,15 +12,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Semaphore, mpsc};
 use workpool::OutcomeKind;
 
-use crate::capture::{Captured, Tagged};
+use crate::capture::{Captured, LINE_BUDGET, Tagged};
 use crate::cli::HaltWhen;
 use crate::command::{self, Exit};
 use crate::joblog::{Entry, JobLog};
+use crate::results::Results;
+use crate::sources::{Values, shown};
 
 /// A job's end, from its handle's outcome.
 #[derive(Debug)]
 pub struct Done {
     pub seq: u64,
+    /// The job's values, and as people read them (joined by spaces).
+    pub values: Values,
     pub record: Vec<u8>,
     pub kind: OutcomeKind,
     pub attempts: u32,
@@ -38,10 +42,11 @@ pub struct Done {
 impl Done {
     /// A job's end with nothing known beyond its kind and attempts (what an
     /// attempt left is filled in by the caller, when there is any).
-    pub fn new(seq: u64, record: Vec<u8>, kind: OutcomeKind, attempts: u32) -> Self {
+    pub fn new(seq: u64, values: Values, kind: OutcomeKind, attempts: u32) -> Self {
         Done {
             seq,
-            record,
+            record: shown(&values),
+            values,
             kind,
             attempts,
             duration: Duration::ZERO,
@@ -61,11 +66,13 @@ pub enum Event {
     /// A record was handed to the pool (sent before the submit).
     Submitted(u64),
     /// A record was read but the pool refused it (shutting down): not run.
-    Refused(u64, Vec<u8>),
+    Refused(u64, Values),
     /// A record was skipped because the job log shows it done.
     Skipped,
     /// A job ended.
     Done(Box<Done>),
+    /// --line-buffer: whole lines a running job printed, tagged if asked.
+    Lines { stderr: bool, bytes: Vec<u8> },
     /// The reader stopped (`complete`: at the end of the input): no more
     /// `Submitted` will come.
     InputDone { complete: bool },
@@ -98,6 +105,10 @@ pub struct Reporter {
     pub stop: mpsc::UnboundedSender<Stop>,
     /// --tag: each line of output starts with the record and a tab.
     pub tag: bool,
+    /// --results: output stored in files instead of printed.
+    pub results: Option<Results>,
+    /// --line-buffer: the bytes of `Lines` in flight, given back once written.
+    pub line_budget: std::sync::Arc<Semaphore>,
 }
 
 /// What the run did, for the summary and the exit status.
@@ -287,8 +298,8 @@ impl Reporter {
                         order.push_back(seq);
                     }
                 }
-                Event::Refused(seq, record) => {
-                    self.not_run(&mut summary, seq, &record);
+                Event::Refused(seq, values) => {
+                    self.not_run(&mut summary, seq, values);
                     if self.keep_order {
                         order.retain(|s| *s != seq);
                     }
@@ -338,6 +349,11 @@ impl Reporter {
                         self.window.add_permits(1);
                     }
                 }
+                Event::Lines { stderr, bytes } => {
+                    self.write_lines(&mut summary, stderr, &bytes);
+                    self.line_budget
+                        .add_permits(bytes.len().clamp(1, LINE_BUDGET));
+                }
                 Event::InputDone { complete } => {
                     input_done = true;
                     summary.input_unread = !complete;
@@ -360,10 +376,10 @@ impl Reporter {
         summary
     }
 
-    fn not_run(&mut self, summary: &mut Summary, seq: u64, record: &[u8]) {
+    fn not_run(&mut self, summary: &mut Summary, seq: u64, values: Values) {
+        let done = Done::new(seq, values, OutcomeKind::Unstarted, 0);
         summary.not_run_total += 1;
-        keep_first(&mut summary.not_run, (seq, show(record)), SHOWN * 2);
-        let done = Done::new(seq, record.to_vec(), OutcomeKind::Unstarted, 0);
+        keep_first(&mut summary.not_run, (seq, show(&done.record)), SHOWN * 2);
         self.log(summary, &done);
     }
 
@@ -438,7 +454,19 @@ impl Reporter {
     /// is kept in the summary and stops the run's intake; after it, output is
     /// no longer written.
     fn print(&self, summary: &mut Summary, done: &mut Done) {
-        if summary.output_error.is_some() || (done.stdout.is_empty() && done.stderr.is_empty()) {
+        if summary.output_error.is_some() {
+            return;
+        }
+        if let Some(results) = &self.results {
+            if done.exit.is_some() {
+                let stored = results.store(done.seq, &done.values, &mut done.stdout, &mut done.stderr);
+                self.check_written(summary, stored.map_err(|e| {
+                    io::Error::other(format!("--results: {e}"))
+                }), None);
+            }
+            return;
+        }
+        if done.stdout.is_empty() && done.stderr.is_empty() {
             return;
         }
         // --tag: the record and a tab before each line.
@@ -471,6 +499,35 @@ impl Reporter {
             .lost()
             .or(done.stderr.lost())
             .map(str::to_string);
+        self.check_written(summary, written, lost);
+    }
+
+    /// --line-buffer: writes lines a running job printed, at once.
+    fn write_lines(&self, summary: &mut Summary, stderr: bool, bytes: &[u8]) {
+        if summary.output_error.is_some() {
+            return;
+        }
+        let write = || -> io::Result<()> {
+            if stderr {
+                let mut err = io::stderr().lock();
+                err.write_all(bytes)?;
+                err.flush()
+            } else {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes)?;
+                out.flush()
+            }
+        };
+        let written = match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        };
+        self.check_written(summary, written, None);
+    }
+
+    /// The first failure to deliver output is kept in the summary and stops
+    /// the run's intake.
+    fn check_written(&self, summary: &mut Summary, written: io::Result<()>, lost: Option<String>) {
         let failed = match written {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Some(OutputError::Closed),
             Err(e) => Some(OutputError::Failed(e.to_string())),

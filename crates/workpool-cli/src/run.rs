@@ -3,12 +3,10 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncBufRead, BufReader};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use workpool::signal::{Signal, Signals};
@@ -18,8 +16,10 @@ use workpool::{
 };
 
 use crate::cli::{Halt, HaltWhen, RunArgs};
-use crate::command::{self, Ran, Template, lock};
-use crate::input::{Records, ThreadInput};
+use crate::capture::{LINE_BUDGET, LineSink};
+use crate::command::{self, Ran, lock};
+use crate::sources::{self, Group, Jobs, Values, shown};
+use crate::template::{Slots, Spread, Template};
 use crate::joblog::{JobLog, Previous, ResumeMode};
 use crate::report::{Done, Event, OutputError, Reporter, Stop, Summary, progress_bar, say};
 
@@ -78,18 +78,16 @@ impl std::fmt::Display for CommandFailed {
 impl std::error::Error for CommandFailed {}
 
 /// The pool of `workpool run`: records in, attempts out.
-type RunPool = Pool<Vec<u8>, Attempted>;
+type RunPool = Pool<Values, Attempted>;
 
 /// Shared by the handler and the outcome hook.
 struct State {
     template: Template,
-    kill_after: Duration,
-    /// Fired by a second signal: running jobs get SIGKILL at once.
-    kill_now: CancellationToken,
-    /// Process groups still alive, killed on the way out whatever happened.
-    groups: Arc<Mutex<HashSet<i32>>>,
-    /// How commands start: programs found in `PATH`, output kept.
+    /// How commands start and stop: programs found in `PATH`, where output
+    /// goes, the process groups alive.
     launch: command::Launch,
+    /// --tag with --line-buffer: lines are tagged as they are passed on.
+    tag_lines: bool,
     halt: Option<Halt>,
     /// Final failures and successes so far, counted in the outcome hook,
     /// and the records read (for a `--halt` percentage).
@@ -107,29 +105,25 @@ struct State {
     stop: mpsc::UnboundedSender<Stop>,
 }
 
-type Input = Pin<Box<dyn AsyncBufRead + Send>>;
-
-/// Opens the input before anything runs, so a bad path is a usage error.
-/// The input is read once, as it streams (a pipe or a FIFO has no second
-/// reading), so a progress bar has no total.
-fn open_input(args: &RunArgs) -> Result<Input, String> {
-    let source: Box<dyn std::io::Read + Send> = match &args.input {
-        Some(path) if path.as_os_str() != "-" => {
-            let fail = |e: std::io::Error| format!("cannot read --input {}: {e}", path.display());
-            let meta = std::fs::metadata(path).map_err(fail)?;
-            if meta.is_dir() {
-                return Err(format!(
-                    "cannot read --input {}: it is a directory",
-                    path.display()
-                ));
-            }
-            Box::new(std::fs::File::open(path).map_err(fail)?)
-        }
-        _ => Box::new(std::io::stdin()),
+/// The command's template and the jobs' inputs: standard input or
+/// `--input`, or the sources after `:::` and `::::`, combined, split and
+/// grouped as the flags say. Opened before anything runs, so a bad path is
+/// a usage error.
+fn open_sources(args: &RunArgs, jobs: usize) -> Result<(Template, Jobs), String> {
+    let (command, specs) = sources::split_command(&args.command)?;
+    let spread = match args.context_replace {
+        true => Spread::Repeat,
+        false => Spread::Splice,
     };
-    let input = ThreadInput::spawn(source)
-        .map_err(|e| format!("cannot start the thread that reads the input: {e}"))?;
-    Ok(Box::pin(BufReader::new(input)))
+    let group = match (args.max_args, args.multiple || args.context_replace) {
+        (Some(n), _) => Group::Count(n),
+        (None, true) => Group::Fill { slots: jobs },
+        (None, false) => Group::One,
+    };
+    let opened = sources::open_all(args.input.as_deref(), specs)?;
+    let separator = if args.null { 0 } else { b'\n' };
+    let inputs = Jobs::new(opened, separator, args.colsep.clone().map(|c| c.0), args.link, group);
+    Ok((Template::new(&command, spread), inputs))
 }
 
 /// A job log must be a file of its own: not standard output (where the
@@ -205,24 +199,31 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
             "workpool: warning: cannot become the subreaper of the jobs' processes ({e}); a process that leaves its job's group may outlive it\n"
         ));
     }
-    let template = Template::new(args.command.clone());
-    let separator = if args.null { 0 } else { b'\n' };
+    let jobs = jobs_of(&args);
+    let (template, inputs) = open_sources(&args, jobs)?;
     check_joblog(&args)?;
-    let input = open_input(&args)?;
 
     if args.dry_run {
         // A signal ends even a dry run waiting on its input.
         return tokio::select! {
-            status = dry_run(input, separator, &template, jobs_of(&args)) => status,
+            status = dry_run(inputs, &template, jobs) => status,
             s = next_signal(&mut signals) => Ok(s.exit_code()),
         };
     }
 
     let (joblog, previous, resume_mode) = open_joblog(&args)?;
-    let jobs = jobs_of(&args);
     let (events, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-    let state = new_state(&args, jobs, template, stop_tx.clone());
+    let line_budget = Arc::new(Semaphore::new(LINE_BUDGET));
+    let output = match (args.ungroup, args.line_buffer) {
+        (true, _) => command::Output::Inherit,
+        (_, true) => command::Output::Lines(LineSink {
+            events: events.clone(),
+            budget: line_budget.clone(),
+        }),
+        _ => command::Output::Capture,
+    };
+    let state = new_state(&args, jobs, template, output, stop_tx.clone());
     let pool = build_pool(&args, jobs, &state)?;
 
     let window = Arc::new(Semaphore::new(window_size(jobs, args.keep_order)));
@@ -234,7 +235,10 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         window: window.clone(),
         timeout: args.timeout,
         stop: stop_tx.clone(),
-        tag: args.tag,
+        // With --line-buffer, lines are tagged as they are passed on.
+        tag: args.tag && !args.line_buffer,
+        results: args.results.as_deref().map(crate::results::Results::new),
+        line_budget,
     }
     .spawn(events_rx)
     .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
@@ -243,7 +247,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let stop_reading = CancellationToken::new();
     let (alive_tx, alive) = mpsc::channel::<()>(1);
     let reader = tokio::spawn(read_input(ReadInput {
-        records: Records::new(input, separator),
+        records: inputs,
         pool: pool.clone(),
         template: state.template.clone(),
         alive: alive_tx,
@@ -320,7 +324,7 @@ impl Running {
     /// reports what it holds as not run), then let running jobs finish as
     /// long as this way of stopping allows; a signal meanwhile cancels them,
     /// a second one kills them.
-    async fn stop(&mut self, first: Option<Stop>) -> ShutdownReport<Vec<u8>> {
+    async fn stop(&mut self, first: Option<Stop>) -> ShutdownReport<Values> {
         let (drain, timeout) = match first {
             Some(Stop::AllDone) => (true, FOREVER),
             Some(Stop::Halt(HaltWhen::Now)) => (false, Duration::ZERO),
@@ -349,7 +353,7 @@ impl Running {
                         self.interrupted = Some(s);
                     } else {
                         // Second signal: kill at once.
-                        self.state.kill_now.cancel();
+                        self.state.launch.kill_now.cancel();
                     }
                     self.pool.cancel_running();
                 }
@@ -364,7 +368,7 @@ impl Running {
         reader: tokio::task::JoinHandle<Result<(), String>>,
         mut alive: mpsc::Receiver<()>,
         reporter: tokio::sync::oneshot::Receiver<Summary>,
-        report: ShutdownReport<Vec<u8>>,
+        report: ShutdownReport<Values>,
     ) -> Result<i32, String> {
         // The reader ends promptly: reading was cancelled and submits now fail.
         if let Ok(Err(e)) = reader.await {
@@ -375,7 +379,7 @@ impl Running {
         let _ = alive.recv().await;
         let _ = self.events.send(Event::Finish);
         let Some(mut summary) = self.summary(reporter).await else {
-            kill_groups(&self.state.groups);
+            kill_groups(&self.state.launch.groups);
             return Ok(self.interrupted.map_or(1, Signal::exit_code));
         };
         // A halt on successes is a success; one on failures is not.
@@ -384,7 +388,7 @@ impl Running {
         summary.halted = halted && !on_success;
         summary.halted_on_success = halted && on_success;
         // No child outlives us, even one whose job the pool gave up on.
-        kill_groups(&self.state.groups);
+        kill_groups(&self.state.launch.groups);
         // The summary is built from the handles' outcomes, the report from the
         // pool's counters: one count per job either way.
         if let Some(mismatch) = disagreement(&summary, report.stats()) {
@@ -445,17 +449,20 @@ fn new_state(
     args: &RunArgs,
     jobs: usize,
     template: Template,
+    output: command::Output,
     stop: mpsc::UnboundedSender<Stop>,
 ) -> Arc<State> {
     Arc::new(State {
         template,
-        kill_after: args.kill_after,
-        kill_now: CancellationToken::new(),
-        groups: GROUPS.get_or_init(Default::default).clone(),
         launch: command::Launch {
             programs: command::Programs::default(),
             capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
+            output,
+            kill_after: args.kill_after,
+            kill_now: CancellationToken::new(),
+            groups: GROUPS.get_or_init(Default::default).clone(),
         },
+        tag_lines: args.tag && args.line_buffer,
         halt: args.halt,
         failures: AtomicU64::new(0),
         successes: AtomicU64::new(0),
@@ -507,10 +514,10 @@ fn build_pool(args: &RunArgs, jobs: usize, state: &Arc<State>) -> Result<RunPool
     }
     let (hook_state, handler_state) = (state.clone(), state.clone());
     let pool: RunPool = builder
-        .on_outcome(move |c: &Completion<Vec<u8>, Attempted>| {
+        .on_outcome(move |c: &Completion<Values, Attempted>| {
             check_halt(&hook_state, c.outcome().kind());
         })
-        .build(move |job: Job<Vec<u8>>, ctx: JobContext| {
+        .build(move |job: Job<Values>, ctx: JobContext| {
             let st = handler_state.clone();
             async move { handle(job, ctx, st).await }
         })
@@ -577,31 +584,22 @@ fn signal_name(s: Signal) -> &'static str {
     }
 }
 
-async fn dry_run(
-    input: Input,
-    separator: u8,
-    template: &Template,
-    jobs: usize,
-) -> Result<i32, String> {
+async fn dry_run(mut inputs: Jobs, template: &Template, jobs: usize) -> Result<i32, String> {
     use std::io::Write;
-    let mut records = Records::new(input, separator);
     let mut out = std::io::stdout().lock();
     let mut seq = 0u64;
-    while let Some(rec) = records
+    while let Some(values) = inputs
         .next()
         .await
         .map_err(|e| format!("reading input: {e}"))?
     {
-        if rec.is_empty() {
-            continue;
-        }
         seq += 1;
         // The slots a run would use in turn, as GNU parallel's --dry-run shows.
-        let slots = command::Slots {
+        let slots = Slots {
             seq,
             slot: ((seq - 1) % jobs as u64) as usize + 1,
         };
-        if let Err(e) = writeln!(out, "{}", command::display(&template.argv(&rec, slots))) {
+        if let Err(e) = writeln!(out, "{}", command::display(&template.argv(&values, slots))) {
             // As a run: a closed stdout is 141, another failure 1.
             return Ok(if e.kind() == std::io::ErrorKind::BrokenPipe {
                 141
@@ -615,7 +613,7 @@ async fn dry_run(
 }
 
 struct ReadInput {
-    records: Records<Input>,
+    records: Jobs,
     pool: RunPool,
     template: Template,
     /// Held by each task that awaits a job's handle (see `run`).
@@ -643,7 +641,7 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
         Some(_) => r.previous.last_seq(),
         None => 0,
     };
-    let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut held: Vec<(u64, Values)> = Vec::new();
     let mut seq = 0u64;
     // Ok(true): the input was read to its end; Ok(false): reading stopped.
     let result = loop {
@@ -656,13 +654,10 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
             Ok(None) => break Ok(true),
             Err(e) => break Err(format!("reading input failed: {e}")),
         };
-        if record.is_empty() {
-            continue;
-        }
         seq += 1;
         r.read.store(seq, Ordering::SeqCst);
         if let (Some(mode), Some(path)) = (r.resume_mode, &r.joblog_path) {
-            match r.previous.skip(seq, &record, mode, path) {
+            match r.previous.skip(seq, &shown(&record), mode, path) {
                 Ok(true) => {
                     let _ = r.events.send(Event::Skipped);
                     continue;
@@ -703,7 +698,7 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
 impl ReadInput {
     /// Offers the records held while the job log was checked; false once
     /// the run stops taking them (the rest stay in `held`).
-    async fn offer_held(&mut self, held: &mut Vec<(u64, Vec<u8>)>) -> bool {
+    async fn offer_held(&mut self, held: &mut Vec<(u64, Values)>) -> bool {
         let mut records = std::mem::take(held).into_iter();
         while let Some((seq, record)) = records.next() {
             if !self.offer(seq, record).await {
@@ -716,7 +711,7 @@ impl ReadInput {
 
     /// Submits one record, once the reporter has room for its output; false
     /// when the run no longer takes records (it was reported not run).
-    async fn offer(&mut self, seq: u64, record: Vec<u8>) -> bool {
+    async fn offer(&mut self, seq: u64, record: Values) -> bool {
         tokio::select! {
             permit = self.window.acquire() => match permit {
                 Ok(p) => p.forget(),
@@ -786,13 +781,13 @@ fn check_halt(st: &State, kind: OutcomeKind) {
 const NUL_RECORD: &str =
     "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
 
-async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<Attempted, BoxError> {
-    let record = job.into_payload();
-    let slots = command::Slots {
+async fn handle(job: Job<Values>, ctx: JobContext, st: Arc<State>) -> Result<Attempted, BoxError> {
+    let values = job.into_payload();
+    let slots = Slots {
         seq: ctx.id().as_u64().unwrap_or(0),
         slot: ctx.worker(),
     };
-    let argv = st.template.argv(&record, slots);
+    let argv = st.template.argv(&values, slots);
     // As GNU parallel: scripts find their sequence number and job slot.
     let env = [
         ("PARALLEL_SEQ", slots.seq.to_string()),
@@ -801,7 +796,7 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
     let start = SystemTime::now();
     // An argument is a C string: a NUL byte cannot be passed, so say so
     // instead of the OS's "nul byte found".
-    if record.contains(&0) {
+    if values.iter().any(|v| v.contains(&0)) {
         let ran = Ran::not_started(NUL_RECORD.into());
         let attempted = Attempted {
             argv,
@@ -830,16 +825,11 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
         }
     }
     let (start, began) = (SystemTime::now(), Instant::now());
-    let ran = command::run(
-        &argv,
-        &env,
-        &ctx,
-        st.kill_after,
-        &st.kill_now,
-        &st.groups,
-        &st.launch,
-    )
-    .await;
+    let tag = match st.tag_lines {
+        true => [shown(&values), b"\t".to_vec()].concat(),
+        false => Vec::new(),
+    };
+    let ran = command::run(&argv, &env, &tag, &ctx, &st.launch).await;
     let success = ran.exit.success();
     let attempted = Attempted {
         argv,
@@ -856,7 +846,7 @@ async fn handle(job: Job<Vec<u8>>, ctx: JobContext, st: Arc<State>) -> Result<At
 
 /// What the last attempt left, if it left anything: the value of a success,
 /// or the [`CommandFailed`] inside a failure, a timeout or a cancellation.
-fn attempted(outcome: Outcome<Vec<u8>, Attempted>) -> Option<Attempted> {
+fn attempted(outcome: Outcome<Values, Attempted>) -> Option<Attempted> {
     let error = match outcome {
         Outcome::Succeeded { value, .. } => return Some(value),
         Outcome::Failed { error, .. } => error,
@@ -873,12 +863,12 @@ fn attempted(outcome: Outcome<Vec<u8>, Attempted>) -> Option<Attempted> {
 /// Turns a job's outcome into the reporter's `Done`.
 fn done_from(
     seq: u64,
-    record: Vec<u8>,
-    outcome: Outcome<Vec<u8>, Attempted>,
+    values: Values,
+    outcome: Outcome<Values, Attempted>,
     template: &Template,
 ) -> Done {
     let (kind, attempts) = (outcome.kind(), outcome.attempts());
-    let mut done = Done::new(seq, record, kind, attempts);
+    let mut done = Done::new(seq, values, kind, attempts);
     match attempted(outcome) {
         Some(a) => {
             done.argv = a.argv;
@@ -893,8 +883,8 @@ fn done_from(
         // Nothing came back (abandoned, given up on): the command it ran.
         // (The job slot it ran in is not known here.)
         None if attempts > 0 => {
-            let slots = command::Slots { seq, slot: 0 };
-            done.argv = template.argv(&done.record, slots);
+            let slots = Slots { seq, slot: 0 };
+            done.argv = template.argv(&done.values, slots);
         }
         None => {}
     }
