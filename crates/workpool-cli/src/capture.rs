@@ -157,7 +157,9 @@ impl LineSink {
             Ok(permit) => permit.forget(),
             Err(_) => return,
         }
-        let _ = self.events.send(crate::report::Event::Lines { stderr, bytes });
+        let _ = self
+            .events
+            .send(crate::report::Event::Lines { stderr, bytes });
     }
 }
 

@@ -18,10 +18,20 @@ Records:
   PARALLEL_JOBSLOT in its environment. No shell is involved (unless
   you run one), so a record can never inject a command.
 
+Sources:
+  `COMMAND ::: a b c` runs COMMAND once per value (stdin is then not read);
+  `:::: FILE` reads records from FILE (`-` is stdin). With several sources
+  every combination runs, the first source's values changing slowest
+  (`--link` pairs them instead); `{1}` `{2}`… stand for each source's value
+  (or, with --colsep, each column; with -n, each record), and `{}` for all
+  of them, one argument each.
+
 Output:
   Each job's stdout and stderr are printed as whole blocks when it ends, never
   interleaved line by line with other jobs; --keep-order prints them in input
-  order. A summary goes to stderr at the end.
+  order. --line-buffer prints whole lines as they come, --ungroup lets jobs
+  write directly, --results stores each job's output in files instead. A
+  summary goes to stderr at the end.
 
 Job log:
   --joblog writes one JSON line per finished job (seq, record, command, exit

@@ -459,10 +459,13 @@ impl Reporter {
         }
         if let Some(results) = &self.results {
             if done.exit.is_some() {
-                let stored = results.store(done.seq, &done.values, &mut done.stdout, &mut done.stderr);
-                self.check_written(summary, stored.map_err(|e| {
-                    io::Error::other(format!("--results: {e}"))
-                }), None);
+                let stored =
+                    results.store(done.seq, &done.values, &mut done.stdout, &mut done.stderr);
+                self.check_written(
+                    summary,
+                    stored.map_err(|e| io::Error::other(format!("--results: {e}"))),
+                    None,
+                );
             }
             return;
         }

@@ -59,7 +59,8 @@ impl Results {
                 if name.ends_with(b"/") {
                     in_dir(PathBuf::from(OsString::from_vec(name)))
                 } else {
-                    let with = |ext: &[u8]| PathBuf::from(OsString::from_vec([&name, ext].concat()));
+                    let with =
+                        |ext: &[u8]| PathBuf::from(OsString::from_vec([&name, ext].concat()));
                     (with(b""), with(b".err"), with(b".seq"))
                 }
             }

@@ -15,13 +15,13 @@ use workpool::{
     ShutdownReport, permanent,
 };
 
-use crate::cli::{Halt, HaltWhen, RunArgs};
 use crate::capture::{LINE_BUDGET, LineSink};
+use crate::cli::{Halt, HaltWhen, RunArgs};
 use crate::command::{self, Ran, lock};
-use crate::sources::{self, Group, Jobs, Values, shown};
-use crate::template::{Slots, Spread, Template};
 use crate::joblog::{JobLog, Previous, ResumeMode};
 use crate::report::{Done, Event, OutputError, Reporter, Stop, Summary, progress_bar, say};
+use crate::sources::{self, Group, Jobs, Values, shown};
+use crate::template::{Slots, Spread, Template};
 
 /// Jobs whose output may wait to be printed at once: enough to keep -j
 /// running and the queue full (and with -k, jobs that ended before their
@@ -122,7 +122,13 @@ fn open_sources(args: &RunArgs, jobs: usize) -> Result<(Template, Jobs), String>
     };
     let opened = sources::open_all(args.input.as_deref(), specs)?;
     let separator = if args.null { 0 } else { b'\n' };
-    let inputs = Jobs::new(opened, separator, args.colsep.clone().map(|c| c.0), args.link, group);
+    let inputs = Jobs::new(
+        opened,
+        separator,
+        args.colsep.clone().map(|c| c.0),
+        args.link,
+        group,
+    );
     Ok((Template::new(&command, spread), inputs))
 }
 

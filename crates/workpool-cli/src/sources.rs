@@ -480,9 +480,10 @@ mod tests {
 
     #[test]
     fn the_command_ends_at_the_first_separator() {
-        let (cmd, specs) =
-            split_command(&os(&["echo", "{}", ":::", "a", "b", "::::", "f", "-", ":::", "c"]))
-                .unwrap();
+        let (cmd, specs) = split_command(&os(&[
+            "echo", "{}", ":::", "a", "b", "::::", "f", "-", ":::", "c",
+        ]))
+        .unwrap();
         assert_eq!(cmd, os(&["echo", "{}"]));
         assert_eq!(
             specs,
@@ -524,7 +525,12 @@ mod tests {
     fn columns_and_groups() {
         let got = all(vec![stream("a,b\nc\n")], Some(","), false, Group::One);
         assert_eq!(got, ["a|b", "c"]);
-        let got = all(vec![stream("1\n2\n3\n4\n5\n")], None, false, Group::Count(2));
+        let got = all(
+            vec![stream("1\n2\n3\n4\n5\n")],
+            None,
+            false,
+            Group::Count(2),
+        );
         assert_eq!(got, ["1|2", "3|4", "5"]);
         let got = all(
             vec![stream("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n")],

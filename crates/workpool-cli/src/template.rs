@@ -84,10 +84,7 @@ pub struct Template {
 impl Template {
     pub fn new(args: &[OsString], spread: Spread) -> Self {
         let words: Vec<Vec<Piece>> = args.iter().map(|a| parse(a.as_bytes())).collect();
-        let has_placeholder = words
-            .iter()
-            .flatten()
-            .any(|p| !matches!(p, Piece::Text(_)));
+        let has_placeholder = words.iter().flatten().any(|p| !matches!(p, Piece::Text(_)));
         Template {
             words,
             has_placeholder,
@@ -344,10 +341,7 @@ mod tests {
             os(&["echo", "xa", "b", "cy"])
         );
         let repeat = Template::new(&os(&["echo", "x{}y", "{#}"]), Spread::Repeat);
-        assert_eq!(
-            repeat.argv(&v, S),
-            os(&["echo", "xay", "xby", "xcy", "7"])
-        );
+        assert_eq!(repeat.argv(&v, S), os(&["echo", "xay", "xby", "xcy", "7"]));
         assert_eq!(t(&["echo"]).argv(&v, S), os(&["echo", "a", "b", "c"]));
         assert_eq!(t(&["{}-{}"]).argv(&v, S), os(&["a", "b", "c-a", "b", "c"]));
     }

@@ -1483,7 +1483,29 @@ fn the_same_as_gnu_parallel() {
     }
     let dir = Dir::new("vsparallel");
     let input = b"a/b/c.txt\nc.txt\n/c\ndir/\na.b.c\n.hidden\na/.h\nx y.tar.gz\n";
+    std::fs::write(dir.path("more"), "f1\nf2.x\n").unwrap();
+    let more = dir.path("more");
+    let more = more.to_str().unwrap();
     let cases: &[&[&str]] = &[
+        &["-k", "echo", "{}", ":::", "a", "b", ":::", "1", "2"],
+        &[
+            "-k", "echo", "{2}-{1}", "{1.}", ":::", "a.x", "b", ":::", "1", "2",
+        ],
+        &[
+            "-k", "--link", "echo", ":::", "a", "b", "c", ":::", "1", "2",
+        ],
+        &["-k", "echo", ":::", "a", "b", "::::", more],
+        &["-k", "--tag", "echo", "t", ":::", "a", "b", ":::", "1", "2"],
+        &[
+            "-k", "--colsep", "/", "echo", "[{}]", "{2}", "{1.}", "{3/.}",
+        ],
+        &["-k", "-n", "3", "echo", "x{}y", "{2}"],
+        &[
+            "-k", "-n", "2", "-X", "echo", "x{}y", "{#}", ":::", "a", "b", "c",
+        ],
+        &["-k", "-j", "3", "-X", "echo", "[{}]"],
+        &["-k", "-j", "2", "-m", "echo"],
+        &["-k", "--tag", "-n", "3", "echo", "t"],
         &["-k", "echo", "[{}] [{.}] [{/}] [{//}] [{/.}] [{#}]"],
         &["-k", "-j", "1", "echo", "{%}", "{#}"],
         &["-k", "echo", "pre-{}-post", "{/.}"],
@@ -1626,4 +1648,182 @@ fn halt_on_successes_and_percentages() {
         .filter(|n| dir.path(&format!("p-{n}")).exists())
         .count();
     assert_eq!(ran, 3);
+}
+
+/// Two jobs: A prints half a line, B (once A has) prints a whole line,
+/// then A ends its line. `--line-buffer` never puts B's line inside A's;
+/// `--ungroup` (the jobs write to our stdout themselves) does.
+fn half_a_line(dir: &Dir, mode: &str) -> String {
+    let script = r#"
+        if [ "$1" = A ]; then printf A1; : > g; while [ ! -e f ]; do sleep 0.01; done; echo A2
+        else while [ ! -e g ]; do sleep 0.01; done; echo B; : > f; fi"#;
+    let out = run(
+        dir,
+        &[mode, "-j", "2", "sh", "-c", script, "_", ":::", "A", "B"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let _ = std::fs::remove_file(dir.path("f"));
+    let _ = std::fs::remove_file(dir.path("g"));
+    text(&out.stdout)
+}
+
+#[test]
+fn line_buffer_passes_whole_lines_on_as_they_come() {
+    let dir = Dir::new("linebuffer");
+    assert_eq!(half_a_line(&dir, "--line-buffer"), "B\nA1A2\n");
+    assert_eq!(half_a_line(&dir, "--ungroup"), "A1B\nA2\n");
+    // A line is passed on while its job still runs: the job waits for a
+    // file the test creates only once it has read the line.
+    let mut child = workpool(
+        &dir,
+        &[
+            "--line-buffer",
+            "--tag",
+            "sh",
+            "-c",
+            "echo up; while [ ! -e go ]; do sleep 0.01; done; echo done",
+            "_",
+            ":::",
+            "x",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "x\tup\n");
+    std::fs::write(dir.path("go"), "").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "x\tdone\n");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn line_buffer_output_to_a_closed_pipe_stops_the_run() {
+    let dir = Dir::new("linebufferclosed");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "seq 1000 | {BIN} run --line-buffer -j 1 -- echo | head -1; echo \"${{PIPESTATUS[1]}}\""
+        ))
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "1\n141\n", "{}", text(&out.stderr));
+    stderr_has(&out, "not run");
+}
+
+#[test]
+fn results_stores_each_jobs_output_in_files_inside_the_directory() {
+    let dir = Dir::new("results");
+    let script = "echo \"out $1\"; echo \"err $1\" >&2; [ \"$1\" != bad ]";
+    let out = run(
+        &dir,
+        &[
+            "--results",
+            "res",
+            "sh",
+            "-c",
+            script,
+            "_",
+            ":::",
+            "a",
+            "b/c",
+            "..",
+            "bad",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "", "stored, not printed");
+    stderr_has(&out, "failed: record 4 \"bad\"");
+    for (name, value, seq) in [
+        ("a", "a", 1),
+        ("b\\_c", "b/c", 2),
+        ("\\.\\.", "..", 3),
+        ("bad", "bad", 4),
+    ] {
+        let at = format!("res/1/{name}");
+        assert_eq!(dir.read(&format!("{at}/stdout")), format!("out {value}\n"));
+        assert_eq!(dir.read(&format!("{at}/stderr")), format!("err {value}\n"));
+        assert_eq!(dir.read(&format!("{at}/seq")), format!("{seq}\n"));
+    }
+    assert!(!dir.path("res/stdout").exists(), "`..` stays inside");
+    // Two sources: one level per value; a replacement string names the files.
+    let out = run(
+        &dir,
+        &["--results", "two", "echo", ":::", "a", ":::", "1"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(dir.read("two/1/a/2/1/stdout"), "a 1\n");
+    let out = run(
+        &dir,
+        &["--results", "named/{}.txt", "echo", "hi"],
+        b"x\ny\n",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(dir.read("named/x.txt"), "hi x\n");
+    assert_eq!(dir.read("named/y.txt.seq"), "2\n");
+    // A directory that cannot be made fails the run, with nothing more started.
+    std::fs::write(dir.path("file"), "").unwrap();
+    let out = run(&dir, &["--results", "file", "echo", ":::", "a"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    stderr_has(&out, "--results");
+}
+
+#[test]
+fn sources_and_groups_are_checked_and_resume_by_their_values() {
+    let dir = Dir::new("sources");
+    for (args, says) in [
+        (&["echo", ":::+", "a"][..], "--link"),
+        (&[":::", "a"][..], "no command before"),
+        (&["echo", "::::"][..], "no file after"),
+        (&["echo", "::::", "missing"][..], "cannot read :::: missing"),
+        (
+            &["--colsep", "\\s+", "echo"][..],
+            "regular expressions are not supported",
+        ),
+        (&["echo", "::::", "-", "::::", "-"][..], "standard input"),
+        (&["-m", "-X", "echo"][..], "cannot be used with"),
+    ] {
+        let out = run(&dir, args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        stderr_has(&out, says);
+    }
+    // `::: ` values are taken as given (empty ones too); stdin is not read.
+    let out = run(&dir, &["-k", "echo", "[{}]", ":::", "a", ""], b"not read\n");
+    assert_eq!(text(&out.stdout), "[a]\n[]\n");
+    // Resuming a run of combinations skips the ones the log shows done.
+    let args = [
+        "--joblog",
+        "log",
+        "-k",
+        "sh",
+        "-c",
+        "echo $1$2; [ $1$2 != b1 ]",
+        "_",
+        ":::",
+        "a",
+        "b",
+        ":::",
+        "1",
+        "2",
+    ];
+    let out = run(&dir, &args, b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(by_seq(&joblog(&dir, "log"), 3)["record"], "b 1");
+    let mut again = vec!["--resume-failed"];
+    again.extend(args);
+    let out = run(&dir, &again, b"");
+    assert_eq!(
+        text(&out.stdout),
+        "b1\n",
+        "only the failed combination runs again"
+    );
 }
