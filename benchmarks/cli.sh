@@ -102,13 +102,13 @@ per_job() {
         echo "| $n | $((kb / 1024)) MiB ($kb KiB) |"
     done
     echo
-    echo "### Memory with a slow reader: \`seq N | workpool run -j 4 [-k] head -c 1048576 /dev/zero | (sleep S; wc -c)\`"
+    echo "### Memory with a slow reader: \`seq N | workpool run -j 4 [-k | --line-buffer] head -c 1048576 /dev/zero | (sleep S; wc -c)\`"
     echo
     echo "1 MiB of output per job, a reader that reads nothing for S seconds (the target: under 64 MiB whatever the output and the reader)."
     echo
     echo "| flags | jobs | output | peak RSS |"
     echo "| --- | --- | --- | --- |"
-    for k in "" "-k"; do
+    for k in "" "-k" "--line-buffer"; do
         kb=$( { /usr/bin/time -f '%M' sh -c "seq $n_slow | '$workpool' run $k -j 4 head -c 1048576 /dev/zero 2>/dev/null | (sleep $slow_s; wc -c) >/dev/null"; } 2>&1 | tail -1)
         echo "| ${k:-(none)} | $n_slow | $n_slow MiB | $((kb / 1024)) MiB ($kb KiB) |"
     done

@@ -221,14 +221,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let (events, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let line_budget = Arc::new(Semaphore::new(LINE_BUDGET));
-    let output = match (args.ungroup, args.line_buffer) {
-        (true, _) => command::Output::Inherit,
-        (_, true) => command::Output::Lines(LineSink {
-            events: events.clone(),
-            budget: line_budget.clone(),
-        }),
-        _ => command::Output::Capture,
-    };
+    let output = output_mode(&args, &events, &line_budget);
     let state = new_state(&args, jobs, template, output, stop_tx.clone());
     let pool = build_pool(&args, jobs, &state)?;
 
@@ -248,7 +241,6 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     }
     .spawn(events_rx)
     .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
-
     // The reader: streams records into the pool, waiting when the queue is full.
     let stop_reading = CancellationToken::new();
     let (alive_tx, alive) = mpsc::channel::<()>(1);
@@ -448,6 +440,23 @@ impl Running {
 fn jobs_of(args: &RunArgs) -> usize {
     args.jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Where the jobs' output goes: captured (the default), passed on line by
+/// line to the reporter, or inherited.
+fn output_mode(
+    args: &RunArgs,
+    events: &mpsc::UnboundedSender<Event>,
+    budget: &Arc<Semaphore>,
+) -> command::Output {
+    match (args.ungroup, args.line_buffer) {
+        (true, _) => command::Output::Inherit,
+        (_, true) => command::Output::Lines(LineSink {
+            events: events.clone(),
+            budget: budget.clone(),
+        }),
+        _ => command::Output::Capture,
+    }
 }
 
 /// What the handler and the outcome hook share for this run.
