@@ -48,6 +48,9 @@ job_error! {
     SubmitError {
         /// The pool is shutting down or shut down.
         Closed => "pool is shut down; job {} was not accepted",
+        /// A durable store could not keep the job (a full disk, a failed
+        /// write; its error is logged): nothing was stored.
+        Store => "the job store could not keep job {}; it was not accepted",
     }
 }
 
@@ -68,6 +71,8 @@ job_error! {
         Timeout => "queue stayed full until the timeout; job {} was not accepted",
         /// The pool is shutting down or shut down.
         Closed => "pool is shut down; job {} was not accepted",
+        /// A durable store could not keep the job: nothing was stored.
+        Store => "the job store could not keep job {}; it was not accepted",
     }
 }
 

@@ -135,12 +135,13 @@ mod handler;
 mod job;
 mod lifecycle;
 mod outcome;
+mod payload;
 mod pool;
 mod retry;
 #[cfg(feature = "signal")]
 pub mod signal;
 mod stats;
-mod store;
+pub mod store;
 mod sync;
 mod worker;
 
@@ -152,6 +153,7 @@ pub use crate::handler::{BoxError, Handler, Permanent, permanent};
 pub use crate::job::{Job, JobId};
 pub use crate::lifecycle::report::ShutdownReport;
 pub use crate::outcome::{Completion, NotFinished, Outcome, OutcomeKind, UnstartedJob};
+pub use crate::payload::Payload;
 pub use crate::pool::{JobHandle, Pool, PoolBuilder};
 pub use crate::retry::RetryPolicy;
 pub use crate::stats::{Failure, Stats};

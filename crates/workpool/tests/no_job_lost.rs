@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Seen, quiet_boom_panics};
 use proptest::prelude::*;
-use workpool::{Job, JobContext, Outcome, OutcomeKind, Pool, RetryPolicy, SubmitError};
+use workpool::{Job, JobContext, Outcome, OutcomeKind, Pool, RetryPolicy};
 
 #[derive(Clone, Copy, Debug)]
 enum Behaviour {
@@ -170,7 +170,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
                     if spec.detached {
                         match pool.submit_detached(job).await {
                             Ok(()) => {}
-                            Err(SubmitError::Closed(job)) => refused.push(job.id().clone()),
+                            Err(e) => refused.push(e.job().id().clone()),
                         }
                     } else {
                         match pool.submit(job).await {
@@ -185,7 +185,7 @@ fn run_case(case: Case) -> Result<(), TestCaseError> {
                                     (id, h.await)
                                 }));
                             }
-                            Err(SubmitError::Closed(job)) => refused.push(job.id().clone()),
+                            Err(e) => refused.push(e.job().id().clone()),
                         }
                     }
                 }

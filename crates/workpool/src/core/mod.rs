@@ -240,6 +240,12 @@ where
     #[inline]
     pub(crate) fn accepted(&self) {
         self.submits.accepted.fetch_add(1, Ordering::Relaxed);
+        if self.store.durable() {
+            // Committed: the job is the store's to keep now, and a shutdown
+            // no longer waits for it (only for the jobs this process claims).
+            self.submits.gate.unadmit();
+            self.admission_undone();
+        }
     }
 
     // ---- workers ----
@@ -304,6 +310,15 @@ where
     /// nothing waiting to retry, no submit in progress).
     pub(crate) fn is_idle(&self) -> bool {
         let admitted = self.submits.gate.admitted();
+        if self.store.durable() {
+            // Submits still on their way, jobs claimed here, and, when
+            // draining, jobs the store knows to be ready; what is scheduled
+            // for later, or left when not draining, stays in the store.
+            let draining = self.state() == Lifecycle::Draining;
+            return admitted == 0
+                && self.store.held() == 0
+                && (!draining || self.store.queued() == 0);
+        }
         self.store.queued() == 0 && self.terminal() >= admitted
     }
 
@@ -422,7 +437,10 @@ where
                 Some(r) => r.send(outcome).err(),
                 None => Some(outcome),
             };
-            if let Some(Outcome::Unstarted { job, attempts }) = back {
+            // A durable store keeps its unstarted jobs: nothing to hand back.
+            if let Some(Outcome::Unstarted { job, attempts }) = back
+                && !self.store.durable()
+            {
                 lock(&self.unstarted).push(UnstartedJob { job, attempts });
             }
             shard.add(kind);
@@ -488,6 +506,7 @@ where
         reply: Option<Reply<P, T>>,
         attempts: u32,
         delay: Duration,
+        error: impl FnOnce() -> Option<String>,
     ) {
         if let (Some(ticket), Some(reply)) = (q.ticket, reply) {
             let started = q.started();
@@ -500,7 +519,7 @@ where
                 },
             );
         }
-        if let Err(q) = self.store.retry_at(q, Instant::now() + delay) {
+        if let Err(q) = self.store.retry_at(q, Instant::now() + delay, error) {
             self.hand_back(q);
         }
     }
@@ -512,6 +531,9 @@ where
         for slot in slots {
             if let Some(f) = slot.take() {
                 tracing::warn!(target: "workpool", id = %f.id, attempt = f.attempt, "job ignored cancellation past the grace period; abandoned");
+                let text = || Some("abandoned by a shutdown".to_string());
+                self.store
+                    .complete(&f.id, f.attempt, OutcomeKind::Abandoned, text, true);
                 let outcome = Outcome::Abandoned {
                     attempts: f.attempt,
                 };

@@ -23,6 +23,9 @@ use crate::store::Store;
 /// never wait on user code, so this is a safety bound, not a delay.
 const STRAGGLER_BOUND: Duration = Duration::from_secs(1);
 
+/// How often a shutdown over a durable store checks whether it went idle.
+const DURABLE_LOOK_AGAIN: Duration = Duration::from_millis(20);
+
 /// Whether shutdown has begun, and its report once it is done.
 pub(crate) struct Shutdown<P> {
     started: AtomicBool,
@@ -166,9 +169,19 @@ where
         if core.is_idle() {
             return true;
         }
+        // A durable store learns that it holds nothing ready only when a
+        // claim comes back empty, which notifies nobody: look again soon.
+        let look_again = match core.store().durable() {
+            true => until.min(Instant::now() + DURABLE_LOOK_AGAIN),
+            false => until,
+        };
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep_until(until) => return core.is_idle(),
+            _ = tokio::time::sleep_until(look_again) => {
+                if Instant::now() >= until {
+                    return core.is_idle();
+                }
+            }
             _ = &mut interrupted => return false,
         }
     }

@@ -15,6 +15,7 @@ use crate::handler::{BoxError, FnHandler, Handler};
 use crate::job::Job;
 use crate::outcome::Completion;
 use crate::retry::RetryPolicy;
+use crate::store::AnyStore;
 use crate::store::memory::MemoryStore;
 use crate::worker;
 use crate::worker::exec::{AsyncExec, BlockingExec, Exec};
@@ -33,6 +34,16 @@ pub struct PoolBuilder<P = Bytes, T = ()> {
     grace: Duration,
     hook: Option<Hook<P, T>>,
     recent_failures: usize,
+    #[cfg(feature = "sqlite")]
+    durable: Option<Durable<P>>,
+}
+
+/// A durable store and how the payload goes in and out of it.
+#[cfg(feature = "sqlite")]
+struct Durable<P> {
+    store: crate::store::sqlite::SqliteStore,
+    encode: fn(&P) -> Vec<u8>,
+    decode: fn(&[u8]) -> Result<P, BoxError>,
 }
 
 impl<P, T> Default for PoolBuilder<P, T> {
@@ -46,6 +57,8 @@ impl<P, T> Default for PoolBuilder<P, T> {
             grace: Duration::from_secs(5),
             hook: None,
             recent_failures: 64,
+            #[cfg(feature = "sqlite")]
+            durable: None,
         }
     }
 }
@@ -54,6 +67,32 @@ impl<P: Send + 'static, T: Send + 'static> PoolBuilder<P, T> {
     /// Same as [`Pool::builder`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps the pool's jobs in a SQLite file instead of memory (feature
+    /// `sqlite`): a job is committed before `submit` returns and survives a
+    /// killed process; workers also run jobs that earlier processes (or
+    /// other processes on this machine) left in the file. See
+    /// [`SqliteStore`](crate::store::sqlite::SqliteStore).
+    ///
+    /// With a durable store a job's ID is the store's ID for it (the handle
+    /// returned by `submit` has it; an ID given to [`Job::with_id`] is not
+    /// kept), `try_submit` always answers `Full` (a commit is awaited:
+    /// use `submit`), `queue_capacity` does not apply, and a shutdown hands
+    /// back no job: what did not run stays in the store.
+    #[cfg(feature = "sqlite")]
+    pub fn store(mut self, store: crate::store::sqlite::SqliteStore) -> Self
+    where
+        P: crate::payload::Payload + Clone,
+    {
+        self.durable = Some(Durable {
+            store,
+            encode: P::to_bytes,
+            decode: P::from_bytes,
+        });
+        // A retry runs a copy of the payload.
+        self.cloner = Some(P::clone);
+        self
     }
 
     /// Number of workers: jobs that run at once. Default: the number of CPUs
@@ -201,7 +240,20 @@ impl<P: Send + 'static, T: Send + 'static> PoolBuilder<P, T> {
             hook: self.hook,
             recent_failures: self.recent_failures,
         };
-        let store = MemoryStore::new(self.queue_capacity, rt.metrics().num_workers());
+        let store = AnyStore::Memory(MemoryStore::new(
+            self.queue_capacity,
+            rt.metrics().num_workers(),
+        ));
+        #[cfg(feature = "sqlite")]
+        let store = match self.durable {
+            Some(d) => {
+                let attempts = config.retry.map_or(1, |r| r.max_attempts());
+                AnyStore::Durable(crate::store::durable::DurableStore::new(
+                    d.store, d.encode, d.decode, attempts,
+                ))
+            }
+            None => store,
+        };
         let core = Arc::new(Core::new(store, config, workers));
         let exec = Arc::new(exec);
         let spawn: Spawner<P, T> = Box::new(move |core| worker::spawn(core, &exec, &rt));

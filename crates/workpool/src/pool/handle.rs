@@ -68,6 +68,13 @@ impl<P, T> JobHandle<P, T> {
         }
     }
 
+    /// A durable store gave the job its own ID (its row) when it stored it.
+    pub(crate) fn stored_as(&mut self, id: Option<JobId>) {
+        if let Some(id) = id {
+            self.id = id;
+        }
+    }
+
     /// The job's ID.
     pub fn id(&self) -> &JobId {
         &self.id

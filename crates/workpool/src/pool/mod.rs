@@ -16,19 +16,18 @@ use crate::core::reply::Reply;
 use crate::core::state::Lifecycle;
 use crate::core::{CancelWaiting, Core, after};
 use crate::error::{ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError};
-use crate::job::Job;
+use crate::job::{Job, JobId};
 use crate::lifecycle::report::ShutdownReport;
 use crate::lifecycle::{self, Shutdown};
 use crate::stats::{Failure, Stats};
-use crate::store::memory::MemoryStore;
-use crate::store::{Queued, Refused, Store};
+use crate::store::{AnyStore, Queued, Refused, Store};
 use crate::sync::lock;
 
 /// Starts one worker (the handler's type is inside).
 pub(crate) type Spawner<P, T> = Box<dyn Fn(&Arc<PoolCore<P, T>>) + Send + Sync>;
 
-/// The core of a pool on the memory store.
-type PoolCore<P, T> = Core<P, T, MemoryStore<P>>;
+/// The core of a pool, on the store it was built with.
+type PoolCore<P, T> = Core<P, T, AnyStore<P>>;
 
 /// A bounded pool of workers running jobs through one handler.
 ///
@@ -161,7 +160,7 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         &self,
         q: Queued<P>,
         deadline: Option<Instant>,
-    ) -> Result<(), Refused<Queued<P>>> {
+    ) -> Result<Option<JobId>, Refused<Queued<P>>> {
         let core = self.core();
         // If the caller drops this future while it waits, the job goes with
         // it: the admission must go too, or a drain would wait for a job that
@@ -173,7 +172,7 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         let r = core.store().enqueue(q, deadline).await;
         waiting.settled = true;
         match &r {
-            Ok(()) => core.accepted(),
+            Ok(_) => core.accepted(),
             Err(_) => core.unadmit(),
         }
         r
@@ -215,16 +214,19 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
     /// # Ok(()) }
     /// ```
     pub async fn submit(&self, job: Job<P>) -> Result<JobHandle<P, T>, SubmitError<P>> {
-        let (q, handle) = self.with_handle(job);
+        let (q, mut handle) = self.with_handle(job);
         // Room found: return at once, without a future for the wait.
         let q = match self.enqueue_now(q) {
             Ok(()) => return Ok(handle),
             Err(Refused::Full(q)) => q,
-            Err(r) => return Err(SubmitError::Closed(self.refused_job(r.into_inner()))),
+            Err(r) => return Err(self.submit_error(r)),
         };
         match self.wait_enqueue(q, None).await {
-            Ok(()) => Ok(handle),
-            Err(r) => Err(SubmitError::Closed(self.refused_job(r.into_inner()))),
+            Ok(stored) => {
+                handle.stored_as(stored);
+                Ok(handle)
+            }
+            Err(r) => Err(self.submit_error(r)),
         }
     }
 
@@ -273,7 +275,7 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         job: Job<P>,
         timeout: Duration,
     ) -> Result<JobHandle<P, T>, SubmitTimeoutError<P>> {
-        let (q, handle) = self.with_handle(job);
+        let (q, mut handle) = self.with_handle(job);
         let q = match self.enqueue_now(q) {
             Ok(()) => return Ok(handle),
             Err(Refused::Full(q)) => q,
@@ -283,7 +285,10 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
             .wait_enqueue(q, Some(after(Instant::now(), timeout)))
             .await
         {
-            Ok(()) => Ok(handle),
+            Ok(stored) => {
+                handle.stored_as(stored);
+                Ok(handle)
+            }
             Err(r) => Err(self.timeout_error(r)),
         }
     }
@@ -304,11 +309,11 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         let q = match self.enqueue_now(Queued::new(job, None)) {
             Ok(()) => return Ok(()),
             Err(Refused::Full(q)) => q,
-            Err(r) => return Err(SubmitError::Closed(r.into_inner().job)),
+            Err(r) => return Err(self.submit_error(r)),
         };
         match self.wait_enqueue(q, None).await {
-            Ok(()) => Ok(()),
-            Err(r) => Err(SubmitError::Closed(r.into_inner().job)),
+            Ok(_) => Ok(()),
+            Err(r) => Err(self.submit_error(r)),
         }
     }
 
@@ -344,12 +349,24 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
         let deadline = Some(after(Instant::now(), timeout));
         self.wait_enqueue(q, deadline)
             .await
+            .map(drop)
             .map_err(|r| self.timeout_error(r))
+    }
+
+    fn submit_error(&self, r: Refused<Queued<P>>) -> SubmitError<P> {
+        match r {
+            Refused::Failed(q) => SubmitError::Store(self.refused_job(q)),
+            r => SubmitError::Closed(self.refused_job(r.into_inner())),
+        }
     }
 
     fn try_error(&self, r: Refused<Queued<P>>) -> TrySubmitError<P> {
         match r {
-            Refused::Full(q) | Refused::Timeout(q) => TrySubmitError::Full(self.refused_job(q)),
+            // A durable store answers a try with `Full` (it would have to
+            // wait for a commit), never with `Failed`.
+            Refused::Full(q) | Refused::Timeout(q) | Refused::Failed(q) => {
+                TrySubmitError::Full(self.refused_job(q))
+            }
             Refused::Closed(q) => TrySubmitError::Closed(self.refused_job(q)),
         }
     }
@@ -360,6 +377,7 @@ impl<P: Send + 'static, T: Send + 'static> Pool<P, T> {
                 SubmitTimeoutError::Timeout(self.refused_job(q))
             }
             Refused::Closed(q) => SubmitTimeoutError::Closed(self.refused_job(q)),
+            Refused::Failed(q) => SubmitTimeoutError::Store(self.refused_job(q)),
         }
     }
 

@@ -1,18 +1,25 @@
-//! The store seam: where jobs wait between submit and run.
-//!
-//! A store knows jobs, not workers, handles or the lifecycle. The pool gives
-//! it [`Queued`] jobs and asks for them back one claim at a time per worker;
-//! when an attempt ends, the pool tells the store what became of it. What a
-//! store keeps is data only: the job, its attempts so far, and the pool's
-//! [`Ticket`] (a number; the handle it stands for lives in the pool, see
-//! `core/replies.rs`). So the same seam fits the memory ring here and a
-//! table in SQLite or PostgreSQL, where a claim is an `UPDATE … RETURNING`
-//! and each worker's claim can be served from one batched query.
-//!
-//! The memory store ([`memory::MemoryStore`]) keeps its wake-up logic to
-//! itself; the pool only sees claims that wait.
+//! Where jobs wait between submit and run: in memory (the default), or in
+//! a durable store ([`sqlite`], feature `sqlite`) that outlives the process.
 
+// The seam, for the pool's own use.
+//
+// A store knows jobs, not workers, handles or the lifecycle. The pool gives
+// it `Queued` jobs and asks for them back one claim at a time per worker;
+// when an attempt ends, the pool tells the store what became of it. What a
+// store keeps is data only: the job, its attempts so far, and the pool's
+// `Ticket` (a number; the handle it stands for lives in the pool, see
+// `core/replies.rs`). So the same seam fits the memory ring and a table in
+// SQLite or PostgreSQL, where a claim is an `UPDATE … RETURNING` serving
+// the idle workers from one batched query (`durable.rs`).
+//
+// The memory store (`memory::MemoryStore`) keeps its wake-up logic to
+// itself; the pool only sees claims that wait.
+
+#[cfg(feature = "sqlite")]
+pub(crate) mod durable;
 pub(crate) mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use std::future::Future;
 use std::num::NonZeroU64;
@@ -87,13 +94,16 @@ pub(crate) enum Refused<T> {
     Timeout(T),
     /// The store takes no more jobs.
     Closed(T),
+    /// A durable store could not keep it (its error is logged).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    Failed(T),
 }
 
 impl<T> Refused<T> {
     /// What was not enqueued, whatever the reason.
     pub(crate) fn into_inner(self) -> T {
         match self {
-            Refused::Full(v) | Refused::Timeout(v) | Refused::Closed(v) => v,
+            Refused::Full(v) | Refused::Timeout(v) | Refused::Closed(v) | Refused::Failed(v) => v,
         }
     }
 }
@@ -123,13 +133,16 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
     fn try_enqueue(&self, job: Queued<P>) -> Result<(), Refused<Queued<P>>>;
 
     /// Adds a job, waiting for room until `deadline` (forever if `None`).
+    /// A durable store returns once the job is committed, with the ID it
+    /// gave the job.
     ///
-    /// Cancel safety: dropping the future drops the job with it.
+    /// Cancel safety: dropping the future drops the job with it (a durable
+    /// store may have committed it already).
     fn enqueue(
         &self,
         job: Queued<P>,
         deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<(), Refused<Queued<P>>>> + Send;
+    ) -> impl Future<Output = Result<Option<JobId>, Refused<Queued<P>>>> + Send;
 
     /// A worker's claiming state.
     fn claimer(&self) -> Self::Claimer;
@@ -156,12 +169,41 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
     fn leave(&self, claimer: &mut Self::Claimer);
 
     /// A claimed job reached its outcome (attempt `attempt`). A durable store
-    /// records it, fenced by the attempt number.
-    fn complete(&self, id: &JobId, attempt: u32, outcome: OutcomeKind);
+    /// records it, fenced by the attempt number, with `error()` (asked only
+    /// by a durable store); `interrupted`: the pool's shutdown cancelled it,
+    /// so a durable store makes it available again.
+    fn complete(
+        &self,
+        id: &JobId,
+        attempt: u32,
+        outcome: OutcomeKind,
+        error: impl FnOnce() -> Option<String>,
+        interrupted: bool,
+    );
 
-    /// A claimed job failed and runs again at `at`. Gives the job back if the
-    /// store is closed.
-    fn retry_at(&self, job: Queued<P>, at: Instant) -> Result<(), Queued<P>>;
+    /// A claimed job failed (`error()`, asked only by a durable store) and
+    /// runs again at `at`. Gives the job back if the store is closed.
+    fn retry_at(
+        &self,
+        job: Queued<P>,
+        at: Instant,
+        error: impl FnOnce() -> Option<String>,
+    ) -> Result<(), Queued<P>>;
+
+    /// A claimed job was not started because it already has its outcome
+    /// (cancelled while it waited). A durable store records it.
+    fn skipped(&self, _job: &Queued<P>) {}
+
+    /// Whether jobs outlive the process: then an enqueued job is the store's
+    /// to keep, and a shutdown waits only for the jobs this process holds.
+    fn durable(&self) -> bool {
+        false
+    }
+
+    /// A durable store's claimed jobs not yet completed, retried or released.
+    fn held(&self) -> usize {
+        0
+    }
 
     /// A claimed job will not run now (shutdown). A durable store keeps it
     /// available and returns `None`; the memory store cannot keep it past
@@ -189,4 +231,226 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
 
     /// Jobs waiting for a later time (retries).
     fn scheduled(&self) -> usize;
+}
+
+/// The store a pool runs on, chosen when it is built.
+// One per pool: boxing the memory store would put a pointer hop in every claim.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum AnyStore<P> {
+    Memory(memory::MemoryStore<P>),
+    #[cfg(feature = "sqlite")]
+    Durable(durable::DurableStore<P>),
+}
+
+/// A worker's claiming state, for the store it claims from.
+pub(crate) enum AnyClaimer {
+    Memory(memory::MemoryClaimer),
+    #[cfg(feature = "sqlite")]
+    Durable,
+}
+
+impl<P> AnyStore<P> {
+    /// Refuses further enqueues, and (memory) lets the ring grow for what
+    /// is handed back: the pool is being dropped.
+    pub(crate) fn close_now(&self) {
+        match self {
+            AnyStore::Memory(m) => m.close_now(),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.close(),
+        }
+    }
+}
+
+impl<P: Send + 'static> Store<P> for AnyStore<P> {
+    type Claimer = AnyClaimer;
+
+    #[inline(always)]
+    fn try_enqueue(&self, job: Queued<P>) -> Result<(), Refused<Queued<P>>> {
+        match self {
+            AnyStore::Memory(m) => m.try_enqueue(job),
+            // Waits for a commit: only `enqueue` does that.
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) if d.is_closed() => Err(Refused::Closed(job)),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(_) => Err(Refused::Full(job)),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        job: Queued<P>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<JobId>, Refused<Queued<P>>> {
+        match self {
+            AnyStore::Memory(m) => m.enqueue(job, deadline).await,
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.enqueue(job).await.map(Some),
+        }
+    }
+
+    fn claimer(&self) -> AnyClaimer {
+        match self {
+            AnyStore::Memory(m) => AnyClaimer::Memory(m.claimer()),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(_) => AnyClaimer::Durable,
+        }
+    }
+
+    #[inline(always)]
+    fn try_claim(&self, claimer: &mut AnyClaimer) -> Option<Queued<P>> {
+        match (self, claimer) {
+            (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.try_claim(c),
+            #[cfg(feature = "sqlite")]
+            (AnyStore::Durable(d), _) => d.try_claim(),
+            #[cfg(feature = "sqlite")]
+            _ => None,
+        }
+    }
+
+    async fn claim(
+        &self,
+        claimer: &mut AnyClaimer,
+        interrupted: impl Fn() -> bool + Send + Sync,
+    ) -> Claim<P> {
+        match (self, claimer) {
+            (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.claim(c, interrupted).await,
+            #[cfg(feature = "sqlite")]
+            (AnyStore::Durable(d), _) => d.claim(interrupted).await,
+            #[cfg(feature = "sqlite")]
+            _ => Claim::Closed,
+        }
+    }
+
+    #[inline(always)]
+    fn must_yield(&self, claimer: &mut AnyClaimer) -> bool {
+        match (self, claimer) {
+            (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.must_yield(c),
+            #[cfg(feature = "sqlite")]
+            _ => false,
+        }
+    }
+
+    fn leave(&self, claimer: &mut AnyClaimer) {
+        match (self, claimer) {
+            (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.leave(c),
+            #[cfg(feature = "sqlite")]
+            _ => {}
+        }
+    }
+
+    #[inline(always)]
+    fn complete(
+        &self,
+        id: &JobId,
+        attempt: u32,
+        outcome: OutcomeKind,
+        error: impl FnOnce() -> Option<String>,
+        interrupted: bool,
+    ) {
+        match self {
+            AnyStore::Memory(_) => drop((id, attempt, outcome, error, interrupted)),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.complete(id, attempt, outcome, error(), interrupted),
+        }
+    }
+
+    fn retry_at(
+        &self,
+        job: Queued<P>,
+        at: Instant,
+        error: impl FnOnce() -> Option<String>,
+    ) -> Result<(), Queued<P>> {
+        match self {
+            AnyStore::Memory(m) => m.retry_at(job, at, error),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => {
+                d.retry_at(job, at, error());
+                Ok(())
+            }
+        }
+    }
+
+    fn skipped(&self, job: &Queued<P>) {
+        match self {
+            AnyStore::Memory(_) => {
+                let _ = job;
+            }
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.skipped(job),
+        }
+    }
+
+    fn durable(&self) -> bool {
+        !matches!(self, AnyStore::Memory(_))
+    }
+
+    fn held(&self) -> usize {
+        match self {
+            AnyStore::Memory(_) => 0,
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.held(),
+        }
+    }
+
+    fn release(&self, job: Queued<P>) -> Option<Queued<P>> {
+        match self {
+            AnyStore::Memory(m) => m.release(job),
+            // Back to available in the database; the job itself goes to its
+            // handle, as unstarted here.
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => {
+                d.release(&job);
+                Some(job)
+            }
+        }
+    }
+
+    fn discard(&self, ticket: std::num::NonZeroU64) {
+        match self {
+            AnyStore::Memory(m) => m.discard(ticket),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.discard(ticket),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            AnyStore::Memory(m) => m.close(),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.close(),
+        }
+    }
+
+    fn wake_claimers(&self) {
+        match self {
+            AnyStore::Memory(m) => m.wake_claimers(),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.wake_claimers(),
+        }
+    }
+
+    fn take_left(&self) -> Option<Queued<P>> {
+        match self {
+            AnyStore::Memory(m) => m.take_left(),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.take_left(),
+        }
+    }
+
+    #[inline(always)]
+    fn queued(&self) -> usize {
+        match self {
+            AnyStore::Memory(m) => m.queued(),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.queued(),
+        }
+    }
+
+    fn scheduled(&self) -> usize {
+        match self {
+            AnyStore::Memory(m) => m.scheduled(),
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(_) => 0,
+        }
+    }
 }

@@ -138,7 +138,10 @@ where
             };
             let ctx = match self.start(&queued) {
                 Start::Run(ctx) => ctx,
-                Start::Settled => continue,
+                Start::Settled => {
+                    self.core.store().skipped(&queued);
+                    continue;
+                }
                 Start::Refused(reply) => {
                     let (attempts, started) = (queued.attempts(), queued.started());
                     self.release(queued.job, queued.ticket, attempts, reply, started);
@@ -273,6 +276,8 @@ where
         let cancelled = reply.as_ref().is_some_and(Reply::is_cancelled);
         let (outcome, retryable) = self.verdict(ended, &id, attempt, cancelled);
         let core = &*self.core;
+        // What a durable store records of a failed attempt.
+        let error = || describe(&outcome);
         match kept {
             Some((job, policy)) if retryable && !cancelled => {
                 if core.refuses_starts() {
@@ -280,11 +285,13 @@ where
                 } else {
                     self.shard.add_retry();
                     let again = Queued::again(job, ticket, attempt, started);
-                    core.retry(again, reply, attempt, policy.delay(attempt));
+                    core.retry(again, reply, attempt, policy.delay(attempt), error);
                 }
             }
             _ => {
-                core.store().complete(&id, attempt, outcome.kind());
+                let interrupted = self.signals.cancel.is_cancelled() && !cancelled;
+                core.store()
+                    .complete(&id, attempt, outcome.kind(), error, interrupted);
                 core.finish(&self.shard, id, outcome, reply, started);
             }
         }
@@ -358,6 +365,20 @@ where
                 (Outcome::TimedOut { error, attempts }, retries_timeouts)
             }
         }
+    }
+}
+
+/// An attempt's error as text, for a durable store.
+fn describe<P, T>(outcome: &Outcome<P, T>) -> Option<String> {
+    match outcome {
+        Outcome::Failed { error, .. } => Some(error.to_string()),
+        Outcome::TimedOut { error, .. } | Outcome::Cancelled { error, .. } => Some(
+            error
+                .as_ref()
+                .map_or_else(|| outcome.kind().as_str().to_string(), |e| e.to_string()),
+        ),
+        Outcome::Panicked { message, .. } => Some(format!("panicked: {message}")),
+        _ => None,
     }
 }
 

@@ -213,18 +213,18 @@ impl<P: Send + 'static> Store<P> for MemoryStore<P> {
         &self,
         mut job: Queued<P>,
         deadline: Option<Instant>,
-    ) -> Result<(), Refused<Queued<P>>> {
+    ) -> Result<Option<JobId>, Refused<Queued<P>>> {
         loop {
             match self.try_enqueue(job) {
                 Err(Refused::Full(back)) => job = back,
-                done => return done,
+                done => return done.map(|()| None),
             }
             // Listen, then try again: a claim between the failed push and
             // the listen would otherwise go unnoticed.
             let listener = self.popped.listen();
             match self.try_enqueue(job) {
                 Err(Refused::Full(back)) => job = back,
-                done => return done,
+                done => return done.map(|()| None),
             }
             match deadline {
                 None => listener.await,
@@ -294,9 +294,22 @@ impl<P: Send + 'static> Store<P> for MemoryStore<P> {
     }
 
     #[inline]
-    fn complete(&self, _: &JobId, _: u32, _: OutcomeKind) {}
+    fn complete(
+        &self,
+        _: &JobId,
+        _: u32,
+        _: OutcomeKind,
+        _: impl FnOnce() -> Option<String>,
+        _: bool,
+    ) {
+    }
 
-    fn retry_at(&self, job: Queued<P>, at: Instant) -> Result<(), Queued<P>> {
+    fn retry_at(
+        &self,
+        job: Queued<P>,
+        at: Instant,
+        _: impl FnOnce() -> Option<String>,
+    ) -> Result<(), Queued<P>> {
         {
             let mut s = lock(&self.scheduled);
             if s.closed {
@@ -412,7 +425,7 @@ mod tests {
     async fn a_retry_is_claimed_when_due_and_not_before() {
         let s = Arc::new(MemoryStore::new(4, 1));
         let at = Instant::now() + Duration::from_secs(3);
-        assert!(s.retry_at(job(7), at).is_ok());
+        assert!(s.retry_at(job(7), at, || None).is_ok());
         assert_eq!(s.scheduled(), 1);
         let s2 = s.clone();
         let claimer = tokio::spawn(async move { (id(claim(&s2).await), Instant::now()) });
@@ -427,11 +440,11 @@ mod tests {
         let s = MemoryStore::new(4, 1);
         assert!(s.try_enqueue(job(1)).is_ok());
         assert!(
-            s.retry_at(job(2), Instant::now() + Duration::from_secs(60))
+            s.retry_at(job(2), Instant::now() + Duration::from_secs(60), || None)
                 .is_ok()
         );
         s.close();
-        assert!(s.retry_at(job(3), Instant::now()).is_err());
+        assert!(s.retry_at(job(3), Instant::now(), || None).is_err());
         let mut left: Vec<u64> = std::iter::from_fn(|| s.take_left())
             .map(|q| *q.job.payload())
             .collect();

@@ -1,0 +1,348 @@
+//! The pool's side of a durable store: claims fetched from the database in
+//! batches sized to the idle workers, payloads encoded and decoded, the
+//! handles of jobs submitted in this process found again by row, and the
+//! count of jobs this process holds (claimed and not yet settled), which is
+//! what a shutdown waits for.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU64;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::sqlite::SqliteStore;
+use super::sqlite::db::{ClaimedRow, End, NewRow, Op, now_ms};
+use super::{Claim, Queued, Refused};
+use crate::handler::BoxError;
+use crate::job::{Job, JobId};
+use crate::outcome::OutcomeKind;
+use crate::sync::lock;
+
+/// The most jobs one claim takes.
+const MAX_CLAIM: usize = 256;
+
+pub(crate) struct DurableStore<P> {
+    db: SqliteStore,
+    encode: fn(&P) -> Vec<u8>,
+    decode: fn(&[u8]) -> Result<P, BoxError>,
+    /// Attempts a job gets, from the pool's retry policy.
+    max_attempts: u32,
+    local: Mutex<Local<P>>,
+    wake: Notify,
+    /// Claimed jobs not yet settled (completed, retried, released).
+    held: AtomicUsize,
+    closed: AtomicBool,
+}
+
+struct Local<P> {
+    /// Claimed, not yet started.
+    buffer: VecDeque<Queued<P>>,
+    /// A claimer is fetching from the database.
+    fetching: bool,
+    /// Claimers waiting for a fetch.
+    waiting: usize,
+    /// The database may hold available jobs: the last fetch came back full,
+    /// or this process enqueued since.
+    more: bool,
+    /// Row → the ticket of its handle, for jobs submitted here.
+    tickets: HashMap<i64, NonZeroU64>,
+    /// Row → the attempt its claim made.
+    claimed: HashMap<i64, u32>,
+}
+
+fn row_of(id: &JobId) -> i64 {
+    id.as_u64().map_or(0, |n| n as i64)
+}
+
+impl<P> DurableStore<P> {
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+}
+
+impl<P: Send + 'static> DurableStore<P> {
+    pub(crate) fn new(
+        db: SqliteStore,
+        encode: fn(&P) -> Vec<u8>,
+        decode: fn(&[u8]) -> Result<P, BoxError>,
+        max_attempts: u32,
+    ) -> Self {
+        DurableStore {
+            db,
+            encode,
+            decode,
+            max_attempts: max_attempts.max(1),
+            local: Mutex::new(Local {
+                buffer: VecDeque::new(),
+                fetching: false,
+                waiting: 0,
+                more: true,
+                tickets: HashMap::new(),
+                claimed: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            held: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes a job in; returns its row as its new ID once committed.
+    pub(crate) async fn enqueue(&self, q: Queued<P>) -> Result<JobId, Refused<Queued<P>>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Refused::Closed(q));
+        }
+        let max_attempts = q
+            .job
+            .retry
+            .as_ref()
+            .map_or(self.max_attempts, |r| r.policy.max_attempts());
+        let row = NewRow {
+            queue: self.db.queue().to_string(),
+            payload: (self.encode)(&q.job.payload),
+            max_attempts,
+            priority: 0,
+            run_at: now_ms(),
+            timeout_ms: q.job.timeout.map(|t| t.as_millis() as i64),
+            unique_key: None,
+        };
+        match self.db.insert(vec![row]).await {
+            Ok(ids) => {
+                let id = ids[0];
+                let mut local = lock(&self.local);
+                if let Some(ticket) = q.ticket {
+                    local.tickets.insert(id, ticket);
+                }
+                local.more = true;
+                drop(local);
+                self.wake.notify_one();
+                Ok(JobId::from(id as u64))
+            }
+            Err(e) => {
+                tracing::error!(target: "workpool", error = %e, "the job store could not keep a job");
+                Err(Refused::Failed(q))
+            }
+        }
+    }
+
+    pub(crate) fn try_claim(&self) -> Option<Queued<P>> {
+        lock(&self.local).buffer.pop_front()
+    }
+
+    /// Waits for a job: from the buffer, or fetched (one claimer fetches at
+    /// a time, as many as are waiting), or after a poll interval.
+    pub(crate) async fn claim(&self, interrupted: impl Fn() -> bool) -> Claim<P> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let fetch = {
+                let mut local = lock(&self.local);
+                if let Some(q) = local.buffer.pop_front() {
+                    return Claim::Job(q);
+                }
+                if self.closed.load(Ordering::SeqCst) {
+                    return Claim::Closed;
+                }
+                if interrupted() {
+                    return Claim::Interrupted;
+                }
+                if local.fetching {
+                    local.waiting += 1;
+                    None
+                } else {
+                    local.fetching = true;
+                    Some((local.waiting + 1).min(MAX_CLAIM))
+                }
+            };
+            match fetch {
+                Some(n) => {
+                    if self.fetch(n).await == 0 {
+                        let poll = self.db.poll_interval();
+                        let _ = tokio::time::timeout(poll, notified).await;
+                    }
+                }
+                None => {
+                    let _ = tokio::time::timeout(self.db.poll_interval(), notified).await;
+                    lock(&self.local).waiting -= 1;
+                }
+            }
+        }
+    }
+
+    /// Claims up to `n` jobs into the buffer; how many it got.
+    async fn fetch(&self, n: usize) -> usize {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.db.send(Op::Claim {
+            queue: self.db.queue().to_string(),
+            n,
+            reply: tx,
+        });
+        let rows = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(super::sqlite::StoreError::Closed)),
+            Err(e) => Err(e),
+        };
+        let rows = rows.unwrap_or_else(|e| {
+            tracing::error!(target: "workpool", error = %e, "the job store could not claim jobs");
+            Vec::new()
+        });
+        let got = rows.len();
+        let mut local = lock(&self.local);
+        local.fetching = false;
+        local.more = got == n;
+        for row in rows {
+            if let Some(q) = self.to_queued(row, &mut local) {
+                local.buffer.push_back(q);
+            }
+        }
+        drop(local);
+        self.wake.notify_waiters();
+        got
+    }
+
+    /// A claimed row as a job for a worker; a payload that cannot be decoded
+    /// ends the job failed at once.
+    fn to_queued(&self, row: ClaimedRow, local: &mut Local<P>) -> Option<Queued<P>> {
+        let payload = match (self.decode)(&row.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                let end = End::Failed(format!("the payload cannot be decoded: {e}"));
+                let _ = self.db.send(Op::End {
+                    id: row.id,
+                    attempt: row.attempt,
+                    end,
+                });
+                return None;
+            }
+        };
+        self.held.fetch_add(1, Ordering::SeqCst);
+        local.claimed.insert(row.id, row.attempt);
+        let mut job = Job::with_id(row.id as u64, payload);
+        job.timeout = row.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+        let ticket = local.tickets.get(&row.id).copied();
+        Some(match row.attempt {
+            0 | 1 => Queued::new(job, ticket),
+            n => Queued::again(job, ticket, n - 1, None),
+        })
+    }
+
+    /// A claimed job is settled here: it no longer counts as held.
+    fn settle(&self, row: i64, forget_ticket: bool) -> u32 {
+        let mut local = lock(&self.local);
+        let attempt = local.claimed.remove(&row).unwrap_or(0);
+        if forget_ticket {
+            local.tickets.remove(&row);
+        }
+        drop(local);
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        attempt
+    }
+
+    fn end(&self, id: i64, attempt: u32, end: End) {
+        if self.db.send(Op::End { id, attempt, end }).is_err() {
+            tracing::error!(target: "workpool", id, "the job store is closed: the job's end is not recorded; it runs again");
+        }
+    }
+
+    pub(crate) fn complete(
+        &self,
+        id: &JobId,
+        attempt: u32,
+        kind: OutcomeKind,
+        error: Option<String>,
+        shutdown: bool,
+    ) {
+        let row = row_of(id);
+        self.settle(row, true);
+        let text = error.unwrap_or_else(|| kind.as_str().to_string());
+        let end = match kind {
+            OutcomeKind::Succeeded => End::Completed,
+            OutcomeKind::Cancelled | OutcomeKind::Abandoned if shutdown => End::Interrupted(text),
+            OutcomeKind::Cancelled => End::Cancelled(text),
+            OutcomeKind::Unstarted => End::Unclaim,
+            _ => End::Failed(text),
+        };
+        self.end(row, attempt, end);
+    }
+
+    pub(crate) fn retry_at(&self, q: Queued<P>, at: Instant, error: Option<String>) {
+        let row = row_of(q.job.id());
+        let attempt = self.settle(row, false);
+        let wait = at.saturating_duration_since(Instant::now());
+        let end = End::Retry {
+            at: now_ms() + wait.as_millis() as i64,
+            error: error.unwrap_or_default(),
+        };
+        self.end(row, attempt, end);
+    }
+
+    /// A claimed job that will not run now goes back to available: its
+    /// claim undone if it did not start, its attempt counted if it did.
+    pub(crate) fn release(&self, q: &Queued<P>) {
+        let row = row_of(q.job.id());
+        let attempt = self.settle(row, true);
+        let end = if q.attempts() < attempt {
+            End::Unclaim
+        } else {
+            End::Interrupted("stopped by a shutdown".into())
+        };
+        self.end(row, attempt, end);
+    }
+
+    /// A claimed job that was cancelled while it waited.
+    pub(crate) fn skipped(&self, q: &Queued<P>) {
+        let row = row_of(q.job.id());
+        let attempt = self.settle(row, true);
+        self.end(
+            row,
+            attempt,
+            End::Cancelled("cancelled while it waited".into()),
+        );
+    }
+
+    /// A job whose handle cancelled it while it waited in the database.
+    pub(crate) fn discard(&self, ticket: NonZeroU64) {
+        let mut local = lock(&self.local);
+        let row = local
+            .tickets
+            .iter()
+            .find_map(|(row, t)| (*t == ticket).then_some(*row));
+        if let Some(row) = row {
+            local.tickets.remove(&row);
+            // One in the buffer is skipped when a worker takes it.
+            if !local.claimed.contains_key(&row) {
+                let _ = self.db.send(Op::CancelWaiting(row));
+            }
+        }
+    }
+
+    pub(crate) fn wake_claimers(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// A claimed job that did not start, released to the database (the
+    /// caller hands it to its handle).
+    pub(crate) fn take_left(&self) -> Option<Queued<P>> {
+        let q = lock(&self.local).buffer.pop_front()?;
+        self.release(&q);
+        Some(q)
+    }
+
+    /// Jobs claimed and waiting here, plus one if the database may hold
+    /// more: zero means none is known to be available.
+    pub(crate) fn queued(&self) -> usize {
+        let local = lock(&self.local);
+        local.buffer.len() + usize::from(local.more)
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}

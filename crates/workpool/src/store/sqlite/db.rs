@@ -1,0 +1,585 @@
+//! The SQLite database: schema and migrations, and the writer thread that
+//! owns the connection and commits what it is sent in batches (group
+//! commit: every enqueue, claim and end waiting when a transaction starts
+//! goes into it).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// The schema, one migration per version; applied in order on open.
+const MIGRATIONS: [&str; 1] = ["
+    CREATE TABLE workpool_jobs (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        crashes INTEGER NOT NULL DEFAULT 0,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_at INTEGER NOT NULL,
+        lease_until INTEGER,
+        owner INTEGER,
+        timeout_ms INTEGER,
+        unique_key TEXT,
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        errors TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX workpool_jobs_ready ON workpool_jobs (queue, priority, run_at, id)
+        WHERE state IN ('available', 'scheduled', 'retryable');
+    CREATE INDEX workpool_jobs_running ON workpool_jobs (owner, lease_until)
+        WHERE state = 'running';
+    CREATE INDEX workpool_jobs_state ON workpool_jobs (state, queue);
+    CREATE UNIQUE INDEX workpool_jobs_unique ON workpool_jobs (queue, unique_key)
+        WHERE unique_key IS NOT NULL;
+    CREATE TABLE workpool_owners (
+        id INTEGER PRIMARY KEY,
+        boot TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        start TEXT NOT NULL,
+        seen_at INTEGER NOT NULL
+    );
+"];
+
+/// Milliseconds since the Unix epoch: the store's clock, shared by processes.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A job to insert.
+pub(crate) struct NewRow {
+    pub(crate) queue: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) max_attempts: u32,
+    pub(crate) priority: i32,
+    pub(crate) run_at: i64,
+    pub(crate) timeout_ms: Option<i64>,
+    pub(crate) unique_key: Option<String>,
+}
+
+/// A job a claim took: now `running`, leased to this process.
+pub(crate) struct ClaimedRow {
+    pub(crate) id: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) attempt: u32,
+    pub(crate) priority: i32,
+    pub(crate) run_at: i64,
+    pub(crate) timeout_ms: Option<i64>,
+}
+
+/// How a claimed attempt ended, as the store records it.
+pub(crate) enum End {
+    Completed,
+    Failed(String),
+    Cancelled(String),
+    /// Runs again at this time (ms).
+    Retry {
+        at: i64,
+        error: String,
+    },
+    /// Did not start: back to available, the claim's attempt undone.
+    Unclaim,
+    /// Stopped by a shutdown after it started: back to available, the attempt
+    /// counted.
+    Interrupted(String),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Work for the writer thread.
+pub(crate) enum Op {
+    Enqueue(Vec<NewRow>, Reply<Vec<i64>>),
+    Claim {
+        queue: String,
+        n: usize,
+        reply: Reply<Vec<ClaimedRow>>,
+    },
+    End {
+        id: i64,
+        attempt: u32,
+        end: End,
+    },
+    /// Cancels a job that waits (not one that runs).
+    CancelWaiting(i64),
+    /// Anything else, run in a write transaction of its own batch.
+    Call(Box<dyn FnOnce(&rusqlite::Transaction<'_>) + Send>),
+    /// Answered once everything sent before it is committed.
+    Flush(Reply<()>),
+}
+
+/// The most operations in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// How long a transaction waits for another process's write lock, in all.
+const BUSY_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Settings the writer needs.
+pub(crate) struct Settings {
+    pub(crate) path: PathBuf,
+    pub(crate) full_sync: bool,
+    pub(crate) lease: Duration,
+}
+
+/// Opens (creating it readable by its owner only) and migrates the
+/// database, registers this process as an owner, rescues the jobs of owners
+/// that are gone, and starts the writer. Returns the channel to it.
+pub(crate) fn start(settings: Settings) -> Result<mpsc::Sender<Op>, StoreError> {
+    let path = settings.path.clone();
+    let fail = |e: rusqlite::Error| StoreError::open(&path, e);
+    create_private(&path).map_err(|e| StoreError::Open {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut conn = Connection::open(&path).map_err(fail)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open {
+            path,
+            reason: format!("cannot use WAL mode (the journal mode is {mode})"),
+        });
+    }
+    let sync = if settings.full_sync { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
+        .map_err(fail)?;
+    migrate(&mut conn).map_err(|e| match e {
+        Migrate::Newer(found) => StoreError::NewerSchema {
+            path: path.clone(),
+            found,
+            known: MIGRATIONS.len() as i64,
+        },
+        Migrate::Sql(e) => fail(e),
+    })?;
+    let owner = write(&mut conn, register).map_err(fail)?;
+    let (tx, rx) = mpsc::channel();
+    let writer = Writer {
+        conn,
+        owner,
+        lease: settings.lease,
+    };
+    std::thread::Builder::new()
+        .name("workpool-sqlite".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| StoreError::Open {
+            path,
+            reason: format!("cannot start the writer thread: {e}"),
+        })?;
+    Ok(tx)
+}
+
+/// Creates the file if it does not exist, readable and writable by its
+/// owner only (SQLite gives its WAL and shared-memory files the same mode).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+enum Migrate {
+    Newer(i64),
+    Sql(rusqlite::Error),
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
+    write(conn, |tx| {
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Ok(Some(version));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        }
+        Ok(None)
+    })
+    .map_err(Migrate::Sql)?
+    .map_or(Ok(()), |v| Err(Migrate::Newer(v)))
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction, waiting (bounded) while
+/// another process holds the write lock.
+fn write<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let began = Instant::now();
+    let tx = loop {
+        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => break tx,
+            Err(e) if is_busy(&e) && began.elapsed() < BUSY_PATIENCE => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// This process, as `/proc` tells it: the boot, its PID and its start time.
+/// A process with the same three is this one; a PID reused later has
+/// another start time.
+fn identity(pid: u32) -> Option<(String, String)> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (start time) counts from the one after the command's `)`.
+    let start = stat.rsplit_once(") ")?.1.split(' ').nth(19)?.to_string();
+    Some((boot.trim().to_string(), start))
+}
+
+/// Registers this process and rescues the running jobs of owners that are
+/// gone: same boot and no such process (or another with its PID), or an
+/// earlier boot. Returns this process's owner ID.
+fn register(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+    let (boot, start) = identity(std::process::id()).unwrap_or_default();
+    let mut gone = Vec::new();
+    {
+        let mut owners = tx.prepare("SELECT id, boot, pid, start FROM workpool_owners")?;
+        let rows = owners.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, their_boot, pid, their_start) = row?;
+            let alive = their_boot == boot && identity(pid).is_some_and(|(_, s)| s == their_start);
+            if !alive {
+                gone.push(id);
+            }
+        }
+    }
+    for id in gone {
+        rescue(tx, "owner = :a", &[&id], "its process ended while it ran")?;
+        tx.execute("DELETE FROM workpool_owners WHERE id = ?1", [id])?;
+    }
+    tx.execute(
+        "INSERT INTO workpool_owners (boot, pid, start, seen_at) VALUES (?1, ?2, ?3, ?4)",
+        params![boot, std::process::id(), start, now_ms()],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// How many times a job may be running when its process dies (or its lease
+/// runs out) before it ends failed instead of running again: a job that
+/// kills its process does not loop forever.
+pub(crate) const CRASH_LIMIT: u32 = 3;
+
+/// Running jobs matching `filter` go back to available (the attempt
+/// counted), or end failed at their [`CRASH_LIMIT`]th such end.
+fn rescue(
+    tx: &rusqlite::Transaction<'_>,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+    why: &str,
+) -> rusqlite::Result<usize> {
+    let sql = format!(
+        "UPDATE workpool_jobs SET
+            crashes = crashes + 1,
+            state = CASE WHEN crashes + 1 >= {CRASH_LIMIT} THEN 'failed' ELSE 'available' END,
+            finished_at = CASE WHEN crashes + 1 >= {CRASH_LIMIT} THEN :now ELSE NULL END,
+            owner = NULL, lease_until = NULL,
+            errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', :now, 'error', :why))
+         WHERE state = 'running' AND {filter}"
+    );
+    let now = now_ms();
+    let mut named: Vec<(&str, &dyn rusqlite::ToSql)> = vec![(":now", &now), (":why", &why)];
+    for (i, a) in args.iter().enumerate() {
+        named.push((PARAM_NAMES[i], *a));
+    }
+    tx.execute(&sql, named.as_slice())
+}
+
+/// The names `filter` uses for its values, in order.
+const PARAM_NAMES: [&str; 2] = [":a", ":b"];
+
+struct Writer {
+    conn: Connection,
+    owner: i64,
+    lease: Duration,
+}
+
+/// A reply to send once the batch's transaction is committed.
+enum Answer {
+    Enqueued(Reply<Vec<i64>>, Vec<i64>),
+    Claimed(Reply<Vec<ClaimedRow>>, Vec<ClaimedRow>),
+    Flushed(Reply<()>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Enqueued(r, v) => drop(r.send(Ok(v))),
+            Answer::Claimed(r, v) => drop(r.send(Ok(v))),
+            Answer::Flushed(r) => drop(r.send(Ok(()))),
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        match self {
+            Answer::Enqueued(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::Claimed(r, _) => drop(r.send(Err(e.clone()))),
+            Answer::Flushed(r) => drop(r.send(Err(e.clone()))),
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        // Leases are renewed, and expired ones rescued, three times a lease.
+        let tick = (self.lease / 3).max(Duration::from_millis(10));
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut batch = Vec::new();
+            match rx.recv_timeout(wait) {
+                Ok(op) => batch.push(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let upkeep = Instant::now() >= next_tick;
+            if upkeep {
+                next_tick = Instant::now() + tick;
+            }
+            self.commit(batch, upkeep);
+        }
+        // Every sender is gone: the store was closed. This process no longer
+        // owns anything.
+        let owner = self.owner;
+        let _ = write(&mut self.conn, |tx| {
+            rescue(tx, "owner = :a", &[&owner], "its process stopped")?;
+            tx.execute("DELETE FROM workpool_owners WHERE id = ?1", [owner])
+        });
+    }
+
+    /// One transaction for the whole batch; the replies go out after it
+    /// committed (or all get its error).
+    fn commit(&mut self, batch: Vec<Op>, upkeep: bool) {
+        let (owner, lease) = (self.owner, self.lease);
+        let mut answers = Vec::new();
+        let result = write(&mut self.conn, |tx| {
+            for op in batch {
+                if let Some(a) = apply(tx, op, owner, lease)? {
+                    answers.push(a);
+                }
+            }
+            if upkeep {
+                let now = now_ms();
+                let until = now + lease.as_millis() as i64;
+                tx.execute(
+                    "UPDATE workpool_jobs SET lease_until = ?1 WHERE owner = ?2 AND state = 'running'",
+                    params![until, owner],
+                )?;
+                tx.execute(
+                    "UPDATE workpool_owners SET seen_at = ?1 WHERE id = ?2",
+                    params![now, owner],
+                )?;
+                rescue(tx, "lease_until < :a", &[&now], "its lease ran out")?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => answers.into_iter().for_each(Answer::send),
+            Err(e) => {
+                let e = StoreError::Sqlite(e.to_string());
+                tracing::error!(target: "workpool", error = %e, "sqlite store: a write failed");
+                answers.into_iter().for_each(|a| a.fail(&e));
+            }
+        }
+    }
+}
+
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: Op,
+    owner: i64,
+    lease: Duration,
+) -> rusqlite::Result<Option<Answer>> {
+    Ok(match op {
+        Op::Enqueue(rows, reply) => Some(Answer::Enqueued(reply, insert(tx, rows)?)),
+        Op::Claim { queue, n, reply } => {
+            Some(Answer::Claimed(reply, claim(tx, &queue, n, owner, lease)?))
+        }
+        Op::End { id, attempt, end } => {
+            end_attempt(tx, id, attempt, end)?;
+            None
+        }
+        Op::CancelWaiting(id) => {
+            tx.execute(
+                "UPDATE workpool_jobs SET state = 'cancelled', finished_at = ?2
+                 WHERE id = ?1 AND state IN ('available', 'scheduled', 'retryable')",
+                params![id, now_ms()],
+            )?;
+            None
+        }
+        Op::Call(f) => {
+            f(tx);
+            None
+        }
+        Op::Flush(reply) => Some(Answer::Flushed(reply)),
+    })
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, rows: Vec<NewRow>) -> rusqlite::Result<Vec<i64>> {
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO workpool_jobs (queue, payload, state, max_attempts, priority, run_at, timeout_ms, unique_key, created_at)
+         VALUES (?1, ?2, CASE WHEN ?5 > ?8 THEN 'scheduled' ELSE 'available' END, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT DO NOTHING",
+    )?;
+    for row in rows {
+        let inserted = stmt.execute(params![
+            row.queue,
+            row.payload,
+            row.max_attempts,
+            row.priority,
+            row.run_at,
+            row.timeout_ms,
+            row.unique_key,
+            now
+        ])?;
+        let id = match (inserted, &row.unique_key) {
+            (0, Some(key)) => tx
+                .query_row(
+                    "SELECT id FROM workpool_jobs WHERE queue = ?1 AND unique_key = ?2",
+                    params![row.queue, key],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0),
+            _ => tx.last_insert_rowid(),
+        };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn claim(
+    tx: &rusqlite::Transaction<'_>,
+    queue: &str,
+    n: usize,
+    owner: i64,
+    lease: Duration,
+) -> rusqlite::Result<Vec<ClaimedRow>> {
+    let now = now_ms();
+    let mut stmt = tx.prepare_cached(
+        "UPDATE workpool_jobs
+            SET state = 'running', attempt = attempt + 1, owner = ?3, lease_until = ?4, started_at = ?2
+          WHERE id IN (SELECT id FROM workpool_jobs
+                        WHERE queue = ?1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= ?2
+                        ORDER BY priority, run_at, id LIMIT ?5)
+         RETURNING id, payload, attempt, priority, run_at, timeout_ms",
+    )?;
+    let rows = stmt.query_map(
+        params![queue, now, owner, now + lease.as_millis() as i64, n as i64],
+        |r| {
+            Ok(ClaimedRow {
+                id: r.get(0)?,
+                payload: r.get(1)?,
+                attempt: r.get(2)?,
+                priority: r.get(3)?,
+                run_at: r.get(4)?,
+                timeout_ms: r.get(5)?,
+            })
+        },
+    )?;
+    let mut claimed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    // RETURNING gives no order: the claim's own.
+    claimed.sort_by_key(|c| (c.priority, c.run_at, c.id));
+    Ok(claimed)
+}
+
+fn end_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    attempt: u32,
+    end: End,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    // Fenced by the attempt: a worker whose lease was rescued changes nothing.
+    let fence = "WHERE id = ?1 AND attempt = ?2 AND state = 'running'";
+    let error =
+        "errors = json_insert(errors, '$[#]', json_object('attempt', ?2, 'at', ?3, 'error', ?4))";
+    let done = |state: &str, text: &str| {
+        tx.execute(
+            &format!(
+                "UPDATE workpool_jobs SET state = '{state}', finished_at = ?3, lease_until = NULL, {error} {fence}"
+            ),
+            params![id, attempt, now, text],
+        )
+    };
+    match end {
+        End::Completed => {
+            tx.prepare_cached(&format!(
+                "UPDATE workpool_jobs SET state = 'completed', finished_at = ?3, lease_until = NULL {fence}"
+            ))?
+            .execute(params![id, attempt, now])?;
+        }
+        End::Failed(text) => {
+            done("failed", &text)?;
+        }
+        End::Cancelled(text) => {
+            done("cancelled", &text)?;
+        }
+        End::Retry { at, error: text } => {
+            tx.execute(
+                &format!(
+                    "UPDATE workpool_jobs SET state = 'retryable', run_at = ?5, owner = NULL, lease_until = NULL, {error} {fence}"
+                ),
+                params![id, attempt, now, text, at],
+            )?;
+        }
+        End::Unclaim => {
+            tx.execute(
+                &format!(
+                    "UPDATE workpool_jobs SET state = 'available', attempt = attempt - 1, owner = NULL, lease_until = NULL, started_at = NULL {fence}"
+                ),
+                params![id, attempt],
+            )?;
+        }
+        End::Interrupted(text) => {
+            tx.execute(
+                &format!(
+                    "UPDATE workpool_jobs SET state = 'available', owner = NULL, lease_until = NULL, {error} {fence}"
+                ),
+                params![id, attempt, now, text],
+            )?;
+        }
+    }
+    Ok(())
+}
