@@ -583,3 +583,178 @@ fn end_attempt(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Db {
+        dir: PathBuf,
+        ops: mpsc::Sender<Op>,
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn open(name: &str, lease: Duration) -> Db {
+        let dir = std::env::temp_dir().join(format!("workpool-db-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ops = start(Settings {
+            path: dir.join("t.db"),
+            full_sync: false,
+            lease,
+        })
+        .unwrap();
+        Db { dir, ops }
+    }
+
+    impl Db {
+        fn ask<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> T {
+            let (tx, rx) = oneshot::channel();
+            self.ops.send(op(tx)).unwrap();
+            rx.blocking_recv().unwrap().unwrap()
+        }
+
+        fn insert(&self, rows: Vec<NewRow>) -> Vec<i64> {
+            self.ask(|r| Op::Enqueue(rows, r))
+        }
+
+        fn claim(&self, n: usize) -> Vec<ClaimedRow> {
+            self.ask(|reply| Op::Claim {
+                queue: "q".into(),
+                n,
+                reply,
+            })
+        }
+
+        fn sql<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        ) -> T {
+            self.ask(|reply| {
+                Op::Call(Box::new(move |tx| {
+                    let _ = reply.send(Ok(f(tx).unwrap()));
+                }))
+            })
+        }
+
+        fn state(&self, id: i64) -> (String, u32) {
+            self.sql(move |tx| {
+                tx.query_row(
+                    "SELECT state, attempt FROM workpool_jobs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+        }
+
+        /// Makes the job look claimed by a process that died long ago, and
+        /// waits for the writer's upkeep to rescue it.
+        fn orphan(&self, id: i64) {
+            self.sql(move |tx| {
+                tx.execute(
+                    "UPDATE workpool_jobs SET owner = -1, lease_until = 0 WHERE id = ?1",
+                    [id],
+                )
+            });
+            while self.state(id).0 == "running" {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn row(payload: &str) -> NewRow {
+        NewRow {
+            queue: "q".into(),
+            payload: payload.as_bytes().to_vec(),
+            max_attempts: 1,
+            priority: 0,
+            run_at: now_ms(),
+            timeout_ms: None,
+            unique_key: None,
+        }
+    }
+
+    #[test]
+    fn a_late_end_from_a_rescued_attempt_changes_nothing() {
+        let db = open("fence", Duration::from_millis(30));
+        let id = db.insert(vec![row("a")])[0];
+        assert_eq!(db.claim(1)[0].attempt, 1);
+        db.orphan(id);
+        assert_eq!(db.state(id), ("available".into(), 1));
+        assert_eq!(db.claim(1)[0].attempt, 2);
+        // The first attempt's worker comes back: fenced off.
+        let end = |attempt, end| Op::End { id, attempt, end };
+        db.ops.send(end(1, End::Failed("late".into()))).unwrap();
+        db.ask(Op::Flush);
+        assert_eq!(db.state(id), ("running".into(), 2));
+        db.ops.send(end(2, End::Completed)).unwrap();
+        db.ask(Op::Flush);
+        assert_eq!(db.state(id), ("completed".into(), 2));
+    }
+
+    #[test]
+    fn a_job_that_keeps_dying_with_its_process_ends_failed() {
+        let db = open("crash", Duration::from_millis(30));
+        let id = db.insert(vec![row("a")])[0];
+        for n in 1..=CRASH_LIMIT {
+            assert_eq!(db.claim(1).len(), 1, "claim {n}");
+            db.orphan(id);
+        }
+        assert_eq!(db.state(id).0, "failed");
+        assert!(db.claim(1).is_empty());
+    }
+
+    #[test]
+    fn claims_follow_priority_then_time_and_skip_what_is_not_due() {
+        let db = open("order", Duration::from_secs(30));
+        let mut later = row("later");
+        later.run_at = now_ms() + 60_000;
+        let mut urgent = row("urgent");
+        urgent.priority = -1;
+        let mut old = row("old");
+        old.run_at = now_ms() - 1000;
+        db.insert(vec![row("plain"), later, urgent, old]);
+        let got: Vec<Vec<u8>> = db.claim(10).into_iter().map(|c| c.payload).collect();
+        assert_eq!(
+            got,
+            [b"urgent".to_vec(), b"old".to_vec(), b"plain".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_unique_key_enqueues_once_and_returns_the_existing_job() {
+        let db = open("unique", Duration::from_secs(30));
+        let keyed = |k: &str| NewRow {
+            unique_key: Some(k.into()),
+            ..row(k)
+        };
+        let first = db.insert(vec![keyed("k1"), keyed("k2")]);
+        let again = db.insert(vec![keyed("k2"), keyed("k1"), keyed("k3")]);
+        assert_eq!(&again[..2], [first[1], first[0]]);
+        let rows: i64 =
+            db.sql(|tx| tx.query_row("SELECT count(*) FROM workpool_jobs", [], |r| r.get(0)));
+        assert_eq!(rows, 3);
+    }
+
+    #[test]
+    fn a_file_from_a_newer_workpool_is_refused_untouched() {
+        let db = open("newer", Duration::from_secs(30));
+        db.sql(|tx| tx.execute_batch("PRAGMA user_version = 99"));
+        let err = start(Settings {
+            path: db.dir.join("t.db"),
+            full_sync: false,
+            lease: Duration::from_secs(30),
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade workpool"));
+    }
+}
