@@ -533,7 +533,7 @@ where
                 tracing::warn!(target: "workpool", id = %f.id, attempt = f.attempt, "job ignored cancellation past the grace period; abandoned");
                 let text = || Some("abandoned by a shutdown".to_string());
                 self.store
-                    .complete(&f.id, f.attempt, OutcomeKind::Abandoned, text, true);
+                    .complete(&f.id, f.attempt, OutcomeKind::Abandoned, text, || true);
                 let outcome = Outcome::Abandoned {
                     attempts: f.attempt,
                 };

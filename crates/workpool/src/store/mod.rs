@@ -169,16 +169,16 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
     fn leave(&self, claimer: &mut Self::Claimer);
 
     /// A claimed job reached its outcome (attempt `attempt`). A durable store
-    /// records it, fenced by the attempt number, with `error()` (asked only
-    /// by a durable store); `interrupted`: the pool's shutdown cancelled it,
-    /// so a durable store makes it available again.
+    /// records it, fenced by the attempt number, with `error()`; if
+    /// `interrupted()` (the pool's shutdown stopped it), it makes the job
+    /// available again. (The memory store asks neither.)
     fn complete(
         &self,
         id: &JobId,
         attempt: u32,
         outcome: OutcomeKind,
         error: impl FnOnce() -> Option<String>,
-        interrupted: bool,
+        interrupted: impl FnOnce() -> bool,
     );
 
     /// A claimed job failed (`error()`, asked only by a durable store) and
@@ -345,12 +345,12 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
         attempt: u32,
         outcome: OutcomeKind,
         error: impl FnOnce() -> Option<String>,
-        interrupted: bool,
+        interrupted: impl FnOnce() -> bool,
     ) {
         match self {
             AnyStore::Memory(_) => drop((id, attempt, outcome, error, interrupted)),
             #[cfg(feature = "sqlite")]
-            AnyStore::Durable(d) => d.complete(id, attempt, outcome, error(), interrupted),
+            AnyStore::Durable(d) => d.complete(id, attempt, outcome, error(), interrupted()),
         }
     }
 

@@ -289,7 +289,9 @@ where
                 }
             }
             _ => {
-                let interrupted = self.signals.cancel.is_cancelled() && !cancelled;
+                // Asked only by a durable store: whether the pool's shutdown
+                // (not the job's handle) stopped it.
+                let interrupted = || self.signals.cancel.is_cancelled() && !cancelled;
                 core.store()
                     .complete(&id, attempt, outcome.kind(), error, interrupted);
                 core.finish(&self.shard, id, outcome, reply, started);

@@ -300,7 +300,7 @@ impl<P: Send + 'static> Store<P> for MemoryStore<P> {
         _: u32,
         _: OutcomeKind,
         _: impl FnOnce() -> Option<String>,
-        _: bool,
+        _: impl FnOnce() -> bool,
     ) {
     }
 
