@@ -301,3 +301,83 @@ fn kill_9_at_any_moment_loses_no_job() {
         ("completed", n as u64)
     );
 }
+
+/// A full file (here, one at its size limit, which SQLite reports as it
+/// reports a full disk) fails the enqueue that does not fit, to its caller,
+/// and keeps everything acknowledged before.
+#[tokio::test]
+async fn a_full_store_refuses_what_does_not_fit_and_keeps_what_it_acknowledged() {
+    let db = TempDb::new("full");
+    let store = SqliteStore::options(&db.0)
+        .max_size(256 * 1024)
+        .open()
+        .unwrap();
+    let mut acknowledged = 0;
+    let error = loop {
+        match store.enqueue(vec![NewJob::new(vec![7u8; 16 * 1024])]).await {
+            Ok(_) => acknowledged += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(acknowledged < 100, "the limit was never reached");
+    };
+    assert!(error.contains("full"), "{error}");
+    assert!(acknowledged >= 5);
+    assert_eq!(count(&store, "available").await, acknowledged);
+    // Through a pool: the submit fails and the job comes back.
+    let pool: Pool<Vec<u8>> = Pool::builder()
+        .workers(1)
+        .store(store.clone())
+        .build(|_job: Job<Vec<u8>>, ctx: JobContext| async move {
+            ctx.cancelled().await;
+            Ok::<_, std::io::Error>(())
+        })
+        .unwrap();
+    let err = pool
+        .submit(Job::new(vec![7u8; 64 * 1024]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, workpool::SubmitError::Store(_)), "{err}");
+    assert_eq!(err.into_inner().payload().len(), 64 * 1024);
+    pool.shutdown_without_draining(Duration::ZERO).await;
+    store.flush().await.unwrap();
+    let kept: u64 = store.counts().await.unwrap().iter().map(|c| c.count).sum();
+    assert_eq!(kept, acknowledged);
+}
+
+/// Two processes on one file share its jobs: each job runs once, and no
+/// "database is locked" reaches either.
+#[test]
+fn two_processes_on_one_file_run_each_job_once() {
+    let db = TempDb::new("two");
+    let bin = durable_example();
+    let n = 1500;
+    let start = || {
+        std::process::Command::new(&bin)
+            .arg(&db.0)
+            .arg(n.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("locked") && !stderr.contains("busy"),
+            "{stderr}"
+        );
+    }
+    let log = std::fs::read_to_string(db.0.with_extension("db.log")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut pids = std::collections::HashSet::new();
+    for line in log.lines() {
+        let (pid, job) = line.split_once(' ').unwrap();
+        assert!(seen.insert(job.to_string()), "{job} ran twice");
+        pids.insert(pid.to_string());
+    }
+    assert_eq!(seen.len(), n);
+    assert_eq!(pids.len(), 2, "both processes ran jobs");
+}

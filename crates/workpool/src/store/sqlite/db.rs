@@ -128,6 +128,8 @@ pub(crate) struct Settings {
     pub(crate) path: PathBuf,
     pub(crate) full_sync: bool,
     pub(crate) lease: Duration,
+    /// The most bytes the file may hold (SQLite's `max_page_count`).
+    pub(crate) max_size: Option<u64>,
 }
 
 /// Opens (creating it readable by its owner only) and migrates the
@@ -154,6 +156,14 @@ pub(crate) fn start(settings: Settings) -> Result<mpsc::Sender<Op>, StoreError> 
     let sync = if settings.full_sync { "FULL" } else { "NORMAL" };
     conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
         .map_err(fail)?;
+    if let Some(bytes) = settings.max_size {
+        let page: u64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(fail)?;
+        let pages = bytes.div_ceil(page.max(512));
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(fail)?;
+    }
     migrate(&mut conn).map_err(|e| match e {
         Migrate::Newer(found) => StoreError::NewerSchema {
             path: path.clone(),
@@ -327,27 +337,24 @@ struct Writer {
     lease: Duration,
 }
 
-/// A reply to send once the batch's transaction is committed.
-enum Answer {
-    Enqueued(Reply<Vec<i64>>, Vec<i64>),
-    Claimed(Reply<Vec<ClaimedRow>>, Vec<ClaimedRow>),
-    Flushed(Reply<()>),
+/// What an operation gives back once its transaction is committed.
+enum Value {
+    Ids(Vec<i64>),
+    Claimed(Vec<ClaimedRow>),
+    Nothing,
 }
 
-impl Answer {
-    fn send(self) {
-        match self {
-            Answer::Enqueued(r, v) => drop(r.send(Ok(v))),
-            Answer::Claimed(r, v) => drop(r.send(Ok(v))),
-            Answer::Flushed(r) => drop(r.send(Ok(()))),
-        }
-    }
-
-    fn fail(self, e: &StoreError) {
-        match self {
-            Answer::Enqueued(r, _) => drop(r.send(Err(e.clone()))),
-            Answer::Claimed(r, _) => drop(r.send(Err(e.clone()))),
-            Answer::Flushed(r) => drop(r.send(Err(e.clone()))),
+impl Op {
+    /// Sends the operation's result to whoever waits for it.
+    fn answer(self, result: Result<Value, StoreError>) {
+        match (self, result) {
+            (Op::Enqueue(_, r), Ok(Value::Ids(ids))) => drop(r.send(Ok(ids))),
+            (Op::Claim { reply, .. }, Ok(Value::Claimed(rows))) => drop(reply.send(Ok(rows))),
+            (Op::Flush(r), Ok(_)) => drop(r.send(Ok(()))),
+            (Op::Enqueue(_, r), Err(e)) => drop(r.send(Err(e))),
+            (Op::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Op::Flush(r), Err(e)) => drop(r.send(Err(e))),
+            _ => {}
         }
     }
 }
@@ -386,57 +393,90 @@ impl Writer {
         });
     }
 
-    /// One transaction for the whole batch; the replies go out after it
-    /// committed (or all get its error).
+    /// One transaction for the whole batch; the results go out once it is
+    /// committed. If it fails, each operation is tried again alone, so that
+    /// one that cannot be done (a job too large for a full disk) fails
+    /// alone. Calls run in transactions of their own.
     fn commit(&mut self, batch: Vec<Op>, upkeep: bool) {
         let (owner, lease) = (self.owner, self.lease);
-        let mut answers = Vec::new();
+        let (calls, ops): (Vec<Op>, Vec<Op>) =
+            batch.into_iter().partition(|op| matches!(op, Op::Call(_)));
         let result = write(&mut self.conn, |tx| {
-            for op in batch {
-                if let Some(a) = apply(tx, op, owner, lease)? {
-                    answers.push(a);
-                }
+            let mut values = Vec::with_capacity(ops.len());
+            for op in &ops {
+                values.push(apply(tx, op, owner, lease)?);
             }
             if upkeep {
-                let now = now_ms();
-                let until = now + lease.as_millis() as i64;
-                tx.execute(
-                    "UPDATE workpool_jobs SET lease_until = ?1 WHERE owner = ?2 AND state = 'running'",
-                    params![until, owner],
-                )?;
-                tx.execute(
-                    "UPDATE workpool_owners SET seen_at = ?1 WHERE id = ?2",
-                    params![now, owner],
-                )?;
-                rescue(tx, "lease_until < :a", &[&now], "its lease ran out")?;
+                renew_and_rescue(tx, owner, lease)?;
             }
-            Ok(())
+            Ok(values)
         });
         match result {
-            Ok(()) => answers.into_iter().for_each(Answer::send),
-            Err(e) => {
-                let e = StoreError::Sqlite(e.to_string());
-                tracing::error!(target: "workpool", error = %e, "sqlite store: a write failed");
-                answers.into_iter().for_each(|a| a.fail(&e));
+            Ok(values) => {
+                for (op, value) in ops.into_iter().zip(values) {
+                    op.answer(Ok(value));
+                }
+            }
+            Err(e) if ops.len() <= 1 => {
+                let e = failed(e);
+                ops.into_iter().for_each(|op| op.answer(Err(e.clone())));
+            }
+            Err(_) => {
+                for op in ops {
+                    let alone = write(&mut self.conn, |tx| apply(tx, &op, owner, lease));
+                    op.answer(alone.map_err(failed));
+                }
+            }
+        }
+        for call in calls {
+            if let Op::Call(f) = call {
+                let _ = write(&mut self.conn, |tx| {
+                    f(tx);
+                    Ok(())
+                });
             }
         }
     }
 }
 
-fn apply(
+/// Renews this process's leases and rescues jobs whose lease ran out.
+fn renew_and_rescue(
     tx: &rusqlite::Transaction<'_>,
-    op: Op,
     owner: i64,
     lease: Duration,
-) -> rusqlite::Result<Option<Answer>> {
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    let until = now + lease.as_millis() as i64;
+    tx.execute(
+        "UPDATE workpool_jobs SET lease_until = ?1 WHERE owner = ?2 AND state = 'running'",
+        params![until, owner],
+    )?;
+    tx.execute(
+        "UPDATE workpool_owners SET seen_at = ?1 WHERE id = ?2",
+        params![now, owner],
+    )?;
+    rescue(tx, "lease_until < :a", &[&now], "its lease ran out")?;
+    Ok(())
+}
+
+fn failed(e: rusqlite::Error) -> StoreError {
+    let e = StoreError::Sqlite(e.to_string());
+    tracing::error!(target: "workpool", error = %e, "sqlite store: a write failed");
+    e
+}
+
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    owner: i64,
+    lease: Duration,
+) -> rusqlite::Result<Value> {
     Ok(match op {
-        Op::Enqueue(rows, reply) => Some(Answer::Enqueued(reply, insert(tx, rows)?)),
-        Op::Claim { queue, n, reply } => {
-            Some(Answer::Claimed(reply, claim(tx, &queue, n, owner, lease)?))
-        }
+        Op::Enqueue(rows, _) => Value::Ids(insert(tx, rows)?),
+        Op::Claim { queue, n, .. } => Value::Claimed(claim(tx, queue, *n, owner, lease)?),
         Op::End { id, attempt, end } => {
-            end_attempt(tx, id, attempt, end)?;
-            None
+            end_attempt(tx, *id, *attempt, end)?;
+            Value::Nothing
         }
         Op::CancelWaiting(id) => {
             tx.execute(
@@ -444,17 +484,13 @@ fn apply(
                  WHERE id = ?1 AND state IN ('available', 'scheduled', 'retryable')",
                 params![id, now_ms()],
             )?;
-            None
+            Value::Nothing
         }
-        Op::Call(f) => {
-            f(tx);
-            None
-        }
-        Op::Flush(reply) => Some(Answer::Flushed(reply)),
+        Op::Call(_) | Op::Flush(_) => Value::Nothing,
     })
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, rows: Vec<NewRow>) -> rusqlite::Result<Vec<i64>> {
+fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<Vec<i64>> {
     let now = now_ms();
     let mut ids = Vec::with_capacity(rows.len());
     let mut stmt = tx.prepare_cached(
@@ -528,7 +564,7 @@ fn end_attempt(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
     attempt: u32,
-    end: End,
+    end: &End,
 ) -> rusqlite::Result<()> {
     let now = now_ms();
     // Fenced by the attempt: a worker whose lease was rescued changes nothing.
@@ -551,10 +587,10 @@ fn end_attempt(
             .execute(params![id, attempt, now])?;
         }
         End::Failed(text) => {
-            done("failed", &text)?;
+            done("failed", text)?;
         }
         End::Cancelled(text) => {
-            done("cancelled", &text)?;
+            done("cancelled", text)?;
         }
         End::Retry { at, error: text } => {
             tx.execute(
@@ -607,6 +643,7 @@ mod tests {
             path: dir.join("t.db"),
             full_sync: false,
             lease,
+            max_size: None,
         })
         .unwrap();
         Db { dir, ops }
@@ -749,6 +786,7 @@ mod tests {
             path: db.dir.join("t.db"),
             full_sync: false,
             lease: Duration::from_secs(30),
+            max_size: None,
         })
         .unwrap_err();
         assert!(

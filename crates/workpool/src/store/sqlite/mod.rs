@@ -185,6 +185,7 @@ fn ms(t: SystemTime) -> i64 {
 pub struct SqliteOptions {
     path: PathBuf,
     full_sync: bool,
+    max_size: Option<u64>,
     lease: Duration,
     queue: String,
     poll: Duration,
@@ -196,6 +197,14 @@ impl SqliteOptions {
     /// process, not a power loss.
     pub fn full_sync(mut self, full: bool) -> Self {
         self.full_sync = full;
+        self
+    }
+
+    /// The most bytes the file may grow to: past it, an enqueue fails with
+    /// an error (as on a full disk) and nothing else changes. Finished jobs
+    /// still count until [`SqliteStore::prune`] removes them.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
         self
     }
 
@@ -232,6 +241,7 @@ impl SqliteOptions {
             path: self.path.clone(),
             full_sync: self.full_sync,
             lease: self.lease,
+            max_size: self.max_size,
         })?;
         Ok(SqliteStore {
             inner: Arc::new(Inner { ops, options: self }),
@@ -289,6 +299,7 @@ impl SqliteStore {
         SqliteOptions {
             path: path.as_ref().to_path_buf(),
             full_sync: false,
+            max_size: None,
             lease: Duration::from_secs(30),
             queue: "default".into(),
             poll: Duration::from_millis(200),
