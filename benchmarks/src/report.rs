@@ -293,9 +293,14 @@ pub(crate) fn markdown(
         s,
         "## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
     );
+    // The durable store's section, written by `benchmarks/durable.sh`.
+    if let Ok(durable) = std::fs::read_to_string("benchmarks/durable-results.md") {
+        let _ = writeln!(s, "{}", durable.trim_end());
+        let _ = writeln!(s);
+    }
     let _ = writeln!(
         s,
-        "## Reproduce\n\n`benchmarks/run.sh` writes this file and the chart (it needs Go: Debian's `golang-go`); `--quick` is CI's smoke run. `benchmarks/instructions.sh` prints instructions per job under callgrind, the stable guard for changes to the hot path. `benchmarks/cli.sh` measures `workpool run` against `xargs -P`, GNU parallel and rust-parallel: [benchmarks/cli-results.md](benchmarks/cli-results.md). What was tried on the hot path, and what it gave: [benchmarks/NOTES.md](benchmarks/NOTES.md)."
+        "## Reproduce\n\n`benchmarks/run.sh` writes this file and the chart (it needs Go: Debian's `golang-go`); `--quick` is CI's smoke run. `benchmarks/instructions.sh` prints instructions per job under callgrind, the stable guard for changes to the hot path. `benchmarks/cli.sh` measures `workpool run` against `xargs -P`, GNU parallel and rust-parallel: [benchmarks/cli-results.md](benchmarks/cli-results.md). `benchmarks/durable.sh` measures the SQLite store against SQLite itself and writes the durable store's section above. What was tried on the hot path, and what it gave: [benchmarks/NOTES.md](benchmarks/NOTES.md)."
     );
     s
 }
