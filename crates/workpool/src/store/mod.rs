@@ -1,5 +1,5 @@
 //! Where jobs wait between submit and run: in memory (the default), or in
-//! a durable store ([`sqlite`], feature `sqlite`) that outlives the process.
+//! a durable store (the `sqlite` module, feature `sqlite`) that outlives the process.
 
 // The seam, for the pool's own use.
 //
