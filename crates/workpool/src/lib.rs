@@ -107,8 +107,49 @@
 //! ID, attempt and error text. Each attempt runs in a `tracing` span `job`
 //! with fields `id` and `attempt`.
 //!
+//! # Jobs that outlive the process
+//!
+//! With the `sqlite` feature, `PoolBuilder::store` keeps the pool's jobs
+//! in an embedded SQLite file (`store::sqlite::SqliteStore`; no server)
+//! instead of memory. `submit` returns once the job is committed; a job
+//! survives `kill -9` of any process (and, with `full_sync`, a power loss).
+//! Delivery is at least once: a job that was running when its process died
+//! runs again, no other job does. Shutdown stops claiming, lets running jobs
+//! finish within the timeout and releases the rest back to the file at once;
+//! nothing is handed back, because nothing leaves the file. Retries, their
+//! errors and finished jobs are rows you can list, count, cancel, retry and
+//! prune. The payload type implements [`Payload`] (bytes in, bytes out).
+//!
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use workpool::store::sqlite::SqliteStore;
+//! use workpool::{Job, Pool};
+//!
+//! let store = SqliteStore::open("jobs.db")?;
+//! let pool: Pool<String> = Pool::builder()
+//!     .workers(4)
+//!     .store(store)
+//!     .build(|job: Job<String>, _ctx| async move {
+//!         println!("sending {}", job.payload());
+//!         Ok::<_, std::io::Error>(())
+//!     })?;
+//! let handle = pool.submit(Job::new("mail to ada".to_string())).await?;
+//! println!("stored as job {}", handle.id()); // committed: kill -9 now loses nothing
+//! pool.shutdown(Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
+//!
+//! `examples/durable.rs` runs a durable pool you can kill and restart.
+//!
 //! # Features
 //!
+//! - `sqlite`: the embedded SQLite store (`store::sqlite`), built with its
+//!   own SQLite.
 //! - `signal`: `signal::shutdown_on_signal` (SIGINT/SIGTERM → shutdown).
 //! - `metrics`: the counter `workpool_jobs_total{outcome}` and the histogram
 //!   `workpool_job_duration_seconds` through the [`metrics`](https://docs.rs/metrics) facade.
@@ -120,9 +161,8 @@
 //! - CPU-bound data parallelism (split a slice, map, reduce): rayon.
 //! - Plain threads with no async runtime: the `threadpool` crate or a
 //!   crossbeam channel.
-//! - Jobs that must survive a crash of the process: workpool's store is in
-//!   memory today (durable stores plug in behind the same seam next);
-//!   shutdown hands unstarted jobs back for you to store.
+//! - Many machines sharing one queue: the SQLite store is for one machine
+//!   (several processes may share its file); a PostgreSQL store is next.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
