@@ -79,6 +79,19 @@ pub enum Command {
     /// Run COMMAND once per input record, N at a time (like `xargs -P` or GNU parallel).
     #[command(after_long_help = RUN_AFTER_HELP, after_help = "See --help for records, output, job log, signals and exit status.")]
     Run(RunArgs),
+    /// Put records in a job store (a SQLite file) for `workpool worker` to run
+    Enqueue(EnqueueArgs),
+    /// Run the jobs of a job store, N at a time, until Ctrl-C (or until none is left)
+    #[command(after_long_help = WORKER_AFTER_HELP)]
+    Worker(WorkerArgs),
+    /// A job store's jobs by queue and state, the oldest waiting, recent failures
+    Status(StatusArgs),
+    /// List a job store's jobs (never their records: they may hold secrets)
+    Jobs(JobsArgs),
+    /// Make failed or cancelled jobs available again, by ID or by state
+    Retry(SelectArgs),
+    /// Cancel jobs that wait to run, by ID or by state
+    Cancel(SelectArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -89,20 +102,12 @@ pub enum Command {
     Man,
 }
 
-/// `workpool run`.
+/// How jobs run: shared by `workpool run` and `workpool worker`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct JobFlags {
     /// Commands that run at once [default: the number of CPUs]
     #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
-
-    /// Read records from FILE instead of standard input (`-`: standard input)
-    #[arg(long, value_name = "FILE")]
-    pub input: Option<PathBuf>,
-
-    /// Records end with NUL instead of newline (for `find -print0`)
-    #[arg(short = '0', long = "null")]
-    pub null: bool,
 
     /// Per-job time limit, more than 0 (seconds, or 500ms, 30s, 2m, 1h); at the
     /// deadline the job's process group gets SIGTERM, then SIGKILL after --kill-after
@@ -121,6 +126,25 @@ pub struct RunArgs {
     /// DUR × 2^(n-1), at most 64 × DUR ("full jitter")
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
     pub retry_delay: Duration,
+
+    /// After an interrupt, how long running jobs may take to finish
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `workpool run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobFlags,
+
+    /// Read records from FILE instead of standard input (`-`: standard input)
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Records end with NUL instead of newline (for `find -print0`)
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
 
     /// Write one JSON line per finished job to FILE (replaced unless resuming)
     #[arg(long, value_name = "FILE")]
@@ -201,10 +225,6 @@ pub struct RunArgs {
     #[arg(long)]
     pub bar: bool,
 
-    /// After an interrupt, how long running jobs may take to finish
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
-    pub shutdown_timeout: Duration,
-
     /// Print the commands that would run, one per line, and run nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -212,6 +232,190 @@ pub struct RunArgs {
     /// The command and its arguments (`--` before it is optional)
     #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true)]
     pub command: Vec<OsString>,
+}
+
+const WORKER_AFTER_HELP: &str = "\
+Each job's record (as `workpool enqueue` stored it) fills COMMAND's
+replacement strings as in `workpool run`. Several workers, in one process or
+many, may share a store: each job runs once, except one whose worker died
+while it ran, which runs again. The first Ctrl-C (or SIGTERM) stops claiming,
+lets running jobs finish (up to --shutdown-timeout) and puts the rest back in
+the store; a second kills them. Exit status: 0, or 1 if a job failed, or 128 +
+the signal's number.";
+
+/// The job store and queue a store subcommand works on.
+#[derive(Debug, Args)]
+pub struct StoreFlags {
+    /// The job store: a SQLite file (created if missing, readable by its owner only)
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+
+    /// The queue within the store
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub queue: String,
+}
+
+/// `workpool enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub store: StoreFlags,
+
+    /// Read records from FILE instead of standard input (`-`: standard input)
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Records end with NUL instead of newline
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+
+    /// Lower runs sooner
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i32,
+
+    /// Not before TIME: `2026-12-24T18:00:00Z` (UTC) or `@SECONDS` since the epoch
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "delay")]
+    pub at: Option<std::time::SystemTime>,
+
+    /// Not before DUR from now (seconds, or 500ms, 30s, 2m, 1h)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+}
+
+/// `workpool worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub store: StoreFlags,
+
+    #[command(flatten)]
+    pub job: JobFlags,
+
+    /// Stop once no job is ready, instead of waiting for more
+    #[arg(long)]
+    pub exit_when_empty: bool,
+
+    /// Start each line of a job's output with its record and a tab
+    #[arg(long)]
+    pub tag: bool,
+
+    /// The command and its arguments (`--` before it is optional)
+    #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true)]
+    pub command: Vec<OsString>,
+}
+
+/// `workpool status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The job store (a SQLite file)
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `workpool jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The job store (a SQLite file)
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+
+    /// Only jobs in this state (available, scheduled, running, retryable,
+    /// completed, failed, cancelled)
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Option<String>,
+
+    /// At most N jobs, newest first
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+
+    /// Print JSON lines instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The jobs `workpool retry` or `workpool cancel` acts on.
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// The job store (a SQLite file)
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+
+    /// Every job in this state instead of the IDs given
+    #[arg(long, value_name = "STATE", value_parser = parse_state, conflicts_with = "ids", required_unless_present = "ids")]
+    pub state: Option<String>,
+
+    /// Job IDs (as `workpool jobs` shows them)
+    #[arg(value_name = "ID")]
+    pub ids: Vec<u64>,
+}
+
+/// The states a job can be in.
+pub const STATES: [&str; 7] = [
+    "available",
+    "scheduled",
+    "running",
+    "retryable",
+    "completed",
+    "failed",
+    "cancelled",
+];
+
+fn parse_state(s: &str) -> Result<String, String> {
+    if STATES.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("unknown state `{s}`: one of {}", STATES.join(", ")))
+    }
+}
+
+/// `@SECONDS` since the Unix epoch, or `YYYY-MM-DDTHH:MM:SSZ` (UTC; the `Z`
+/// may be left out; a space may stand for the `T`).
+pub fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    let bad = || format!("invalid time `{s}`: expected 2026-12-24T18:00:00Z (UTC) or @SECONDS");
+    let secs: i64 = if let Some(n) = s.strip_prefix('@') {
+        n.parse().map_err(|_| bad())?
+    } else {
+        let t = s.trim_end_matches('Z').replace(' ', "T");
+        let (date, time) = t.split_once('T').ok_or_else(bad)?;
+        let num = |part: &str, lo: i64, hi: i64| -> Result<i64, String> {
+            let v: i64 = part.parse().map_err(|_| bad())?;
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(bad())
+            }
+        };
+        let d: Vec<&str> = date.split('-').collect();
+        let h: Vec<&str> = time.split(':').collect();
+        if d.len() != 3 || h.len() != 3 {
+            return Err(bad());
+        }
+        let (y, m, day) = (num(d[0], 1970, 9999)?, num(d[1], 1, 12)?, num(d[2], 1, 31)?);
+        let (hh, mm, ss) = (num(h[0], 0, 23)?, num(h[1], 0, 59)?, num(h[2], 0, 60)?);
+        days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss
+    };
+    let secs = u64::try_from(secs).map_err(|_| bad())?;
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+/// (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// When `--halt` acts.
@@ -415,7 +619,7 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("parsed as run")
         };
-        assert_eq!(args.jobs, Some(2));
+        assert_eq!(args.job.jobs, Some(2));
         assert_eq!(args.command, ["echo", "-n", "{}"]);
         let cli = Cli::try_parse_from(["workpool", "run", "--", "ls", "-l"]).unwrap();
         let Command::Run(args) = cli.command else {
@@ -427,5 +631,24 @@ mod tests {
     #[test]
     fn resume_needs_a_joblog() {
         assert!(Cli::try_parse_from(["workpool", "run", "--resume", "true"]).is_err());
+    }
+
+    #[test]
+    fn times_in_utc_or_epoch_seconds() {
+        let secs = |s: &str| {
+            parse_time(s)
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(secs("1970-01-01T00:00:00Z"), 0);
+        // `date -u -d 2000-03-01 +%s`, across a leap day of a century year.
+        assert_eq!(secs("2000-03-01T00:00:00Z"), 951_868_800);
+        assert_eq!(secs("2026-12-24 18:30:05"), 1_798_137_005);
+        assert_eq!(secs("@1700000000"), 1_700_000_000);
+        for bad in ["2026-13-01T00:00:00Z", "yesterday", "2026-01-01", "@-5"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
     }
 }

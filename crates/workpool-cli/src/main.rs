@@ -8,11 +8,13 @@ mod command;
 mod contain;
 mod input;
 mod joblog;
+mod jobstore;
 mod report;
 mod results;
 mod run;
 mod sources;
 mod template;
+mod worker;
 
 use clap::Parser;
 
@@ -44,6 +46,15 @@ fn main() {
     let cli = cli::Cli::parse();
     let args = match cli.command {
         cli::Command::Run(args) => args,
+        cli::Command::Enqueue(args) => exit_with(jobstore::enqueue(args)),
+        cli::Command::Worker(args) => {
+            report_panics();
+            exit_with(worker::worker(args))
+        }
+        cli::Command::Status(args) => exit_with(jobstore::status(args)),
+        cli::Command::Jobs(args) => exit_with(jobstore::jobs(args)),
+        cli::Command::Retry(args) => exit_with(jobstore::retry_or_cancel(args, false)),
+        cli::Command::Cancel(args) => exit_with(jobstore::retry_or_cancel(args, true)),
         cli::Command::Completions { shell } => {
             let mut command = <cli::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "workpool", &mut std::io::stdout());
@@ -66,16 +77,22 @@ fn main() {
         }
     };
     report_panics();
-    std::process::exit(run_on_a_runtime(args));
+    exit_with(run::run(args))
 }
 
-fn run_on_a_runtime(args: cli::RunArgs) -> i32 {
+/// Runs a subcommand on a multi-threaded runtime and exits with its status
+/// (2 and the message for a usage error).
+fn exit_with(command: impl std::future::Future<Output = Result<i32, String>>) -> ! {
+    std::process::exit(run_on_a_runtime(command))
+}
+
+fn run_on_a_runtime(command: impl std::future::Future<Output = Result<i32, String>>) -> i32 {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => {
-            let code = match rt.block_on(run::run(args)) {
+            let code = match rt.block_on(command) {
                 Ok(code) => code,
                 Err(msg) => {
                     report::say(&format!("workpool: {msg}\n"));

@@ -58,16 +58,23 @@ const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// returns it (in `Ok`, or inside a [`CommandFailed`] error), so it reaches
 /// the reporter with the job's outcome.
 #[derive(Debug)]
-struct Attempted {
+pub(crate) struct Attempted {
     argv: Vec<OsString>,
     start: SystemTime,
     took: Duration,
     ran: Ran,
 }
 
+impl Attempted {
+    /// How its command ended, for people.
+    pub(crate) fn describe(&self) -> String {
+        self.ran.exit.describe()
+    }
+}
+
 /// The error of an attempt whose command did not exit 0 (or did not start).
 #[derive(Debug)]
-struct CommandFailed(Attempted);
+pub(crate) struct CommandFailed(pub(crate) Attempted);
 
 impl std::fmt::Display for CommandFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +88,7 @@ impl std::error::Error for CommandFailed {}
 type RunPool = Pool<Values, Attempted>;
 
 /// Shared by the handler and the outcome hook.
-struct State {
+pub(crate) struct State {
     template: Template,
     /// How commands start and stop: programs found in `PATH`, where output
     /// goes, the process groups alive.
@@ -174,12 +181,12 @@ const HANDLED: [Signal; 7] = [
     Signal::Alarm,
 ];
 
-fn listen() -> Result<Signals, String> {
+pub(crate) fn listen() -> Result<Signals, String> {
     Signals::new(&HANDLED).map_err(|e| format!("cannot install signal handlers: {e}"))
 }
 
 /// The next signal; an error to listen is taken as none ever coming.
-async fn next_signal(signals: &mut Signals) -> Signal {
+pub(crate) async fn next_signal(signals: &mut Signals) -> Signal {
     match signals.recv().await {
         Ok(s) => s,
         Err(_) => std::future::pending().await,
@@ -232,7 +239,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         joblog,
         bar: bar.clone(),
         window: window.clone(),
-        timeout: args.timeout,
+        timeout: args.job.timeout,
         stop: stop_tx.clone(),
         // With --line-buffer, lines are tagged as they are passed on.
         tag: args.tag && !args.line_buffer,
@@ -312,7 +319,7 @@ impl Running {
             say(&format!(
                 "workpool: {} received: starting nothing more; running jobs get up to {:?} to finish (send it again to kill them now)\n",
                 signal_name(s),
-                self.args.shutdown_timeout
+                self.args.job.shutdown_timeout
             ));
         }
         first
@@ -331,7 +338,7 @@ impl Running {
                 self.input_error = Some(e);
                 (false, FOREVER)
             }
-            None => (false, self.args.shutdown_timeout),
+            None => (false, self.args.job.shutdown_timeout),
         };
         let pool = self.pool.clone();
         let shutdown = async move {
@@ -438,7 +445,8 @@ impl Running {
 
 /// -j, or the number of CPUs.
 fn jobs_of(args: &RunArgs) -> usize {
-    args.jobs
+    args.job
+        .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
@@ -467,27 +475,60 @@ fn new_state(
     output: command::Output,
     stop: mpsc::UnboundedSender<Stop>,
 ) -> Arc<State> {
-    Arc::new(State {
+    let mut state = State::new(
         template,
-        launch: command::Launch {
-            programs: command::Programs::default(),
-            capture_limit: (OUTPUT_IN_MEMORY / window_size(jobs, args.keep_order)).max(4096),
-            output,
-            kill_after: args.kill_after,
-            kill_now: CancellationToken::new(),
-            groups: GROUPS.get_or_init(Default::default).clone(),
-        },
-        tag_lines: args.tag && args.line_buffer,
-        halt: args.halt,
-        failures: AtomicU64::new(0),
-        successes: AtomicU64::new(0),
-        read: Arc::new(AtomicU64::new(0)),
-        halted: AtomicBool::new(false),
-        delay: args.delay,
-        next_start: Mutex::new(None),
-        pool: OnceLock::new(),
+        &args.job,
+        window_size(jobs, args.keep_order),
         stop,
-    })
+    );
+    state.launch.output = output;
+    state.tag_lines = args.tag && args.line_buffer;
+    state.halt = args.halt;
+    state.delay = args.delay;
+    Arc::new(state)
+}
+
+impl State {
+    /// The state of a run whose outputs wait `window` at most at once, with
+    /// output captured, no halt and no delay.
+    pub(crate) fn new(
+        template: Template,
+        job: &crate::cli::JobFlags,
+        window: usize,
+        stop: mpsc::UnboundedSender<Stop>,
+    ) -> Self {
+        State {
+            template,
+            launch: command::Launch {
+                programs: command::Programs::default(),
+                capture_limit: (OUTPUT_IN_MEMORY / window).max(4096),
+                output: command::Output::Capture,
+                kill_after: job.kill_after,
+                kill_now: CancellationToken::new(),
+                groups: GROUPS.get_or_init(Default::default).clone(),
+            },
+            tag_lines: false,
+            halt: None,
+            failures: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            read: Arc::new(AtomicU64::new(0)),
+            halted: AtomicBool::new(false),
+            delay: None,
+            next_start: Mutex::new(None),
+            pool: OnceLock::new(),
+            stop,
+        }
+    }
+
+    /// Fired by a second signal: running jobs get SIGKILL at once.
+    pub(crate) fn kill_now(&self) {
+        self.launch.kill_now.cancel();
+    }
+
+    /// SIGKILLs every job's processes still known.
+    pub(crate) fn kill_all(&self) {
+        kill_groups(&self.launch.groups);
+    }
 }
 
 /// The job log, what it says finished (when resuming), and how to resume.
@@ -517,14 +558,17 @@ fn build_pool(args: &RunArgs, jobs: usize, state: &Arc<State>) -> Result<RunPool
         .queue_capacity(jobs.min(MAX_QUEUED))
         // The handler stops its command itself (TERM, then KILL after
         // --kill-after); the pool must give it that long before giving up.
-        .grace(args.kill_after + Duration::from_secs(2))
+        .grace(args.job.kill_after + Duration::from_secs(2))
         .recent_failures(0)
         .retry(
-            RetryPolicy::attempts(args.retries.saturating_add(1))
-                .with_backoff(args.retry_delay, args.retry_delay.saturating_mul(64))
+            RetryPolicy::attempts(args.job.retries.saturating_add(1))
+                .with_backoff(
+                    args.job.retry_delay,
+                    args.job.retry_delay.saturating_mul(64),
+                )
                 .retry_timeouts(true),
         );
-    if let Some(t) = args.timeout {
+    if let Some(t) = args.job.timeout {
         builder = builder.default_timeout(t);
     }
     let (hook_state, handler_state) = (state.clone(), state.clone());
@@ -587,7 +631,7 @@ fn kill_groups(groups: &Mutex<HashSet<i32>>) {
 }
 
 /// A signal's usual name.
-fn signal_name(s: Signal) -> &'static str {
+pub(crate) fn signal_name(s: Signal) -> &'static str {
     match s {
         Signal::Interrupt => "SIGINT",
         Signal::Terminate => "SIGTERM",
@@ -796,7 +840,11 @@ fn check_halt(st: &State, kind: OutcomeKind) {
 const NUL_RECORD: &str =
     "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
 
-async fn handle(job: Job<Values>, ctx: JobContext, st: Arc<State>) -> Result<Attempted, BoxError> {
+pub(crate) async fn handle(
+    job: Job<Values>,
+    ctx: JobContext,
+    st: Arc<State>,
+) -> Result<Attempted, BoxError> {
     let values = job.into_payload();
     let slots = Slots {
         seq: ctx.id().as_u64().unwrap_or(0),
@@ -875,6 +923,18 @@ fn attempted(outcome: Outcome<Values, Attempted>) -> Option<Attempted> {
     error.downcast::<CommandFailed>().ok().map(|f| f.0)
 }
 
+/// Fills a `Done` with what an attempt left.
+pub(crate) fn fill_done(done: &mut Done, a: Attempted) {
+    done.argv = a.argv;
+    done.start = Some(a.start);
+    done.duration = a.took;
+    done.exit = Some(a.ran.exit);
+    done.stdout = a.ran.stdout;
+    let mut stderr = a.ran.stderr;
+    done.stderr_tail = stderr.last_bytes(TAIL_BYTES);
+    done.stderr = stderr;
+}
+
 /// Turns a job's outcome into the reporter's `Done`.
 fn done_from(
     seq: u64,
@@ -885,16 +945,7 @@ fn done_from(
     let (kind, attempts) = (outcome.kind(), outcome.attempts());
     let mut done = Done::new(seq, values, kind, attempts);
     match attempted(outcome) {
-        Some(a) => {
-            done.argv = a.argv;
-            done.start = Some(a.start);
-            done.duration = a.took;
-            done.exit = Some(a.ran.exit);
-            done.stdout = a.ran.stdout;
-            let mut stderr = a.ran.stderr;
-            done.stderr_tail = stderr.last_bytes(TAIL_BYTES);
-            done.stderr = stderr;
-        }
+        Some(a) => fill_done(&mut done, a),
         // Nothing came back (abandoned, given up on): the command it ran.
         // (The job slot it ran in is not known here.)
         None if attempts > 0 => {

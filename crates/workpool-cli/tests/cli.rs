@@ -1827,3 +1827,232 @@ fn sources_and_groups_are_checked_and_resume_by_their_values() {
         "only the failed combination runs again"
     );
 }
+
+/// Any subcommand, with `input` on stdin.
+fn wp(dir: &Dir, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(&dir.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_job_store_is_filled_run_inspected_retried_and_cancelled() {
+    let dir = Dir::new("store");
+    let input: String = (1..=20).map(|i| format!("{i}\n")).collect();
+    let out = wp(&dir, &["enqueue", "--db", "q.db"], input.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    stderr_has(&out, "20 jobs enqueued in q.db (queue default)");
+    let status = text(&wp(&dir, &["status", "--db", "q.db"], b"").stdout);
+    assert!(
+        status.contains("default          available          20"),
+        "{status}"
+    );
+
+    let script = "echo \"r $1\"; [ \"$1\" != 7 ]";
+    let args = [
+        "worker",
+        "--db",
+        "q.db",
+        "-j",
+        "4",
+        "--exit-when-empty",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "_",
+        "{}",
+    ];
+    let out = wp(&dir, &args, b"");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "job 7 failed: {}",
+        text(&out.stderr)
+    );
+    let mut lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    lines.sort();
+    let mut expected: Vec<String> = (1..=20).map(|i| format!("r {i}")).collect();
+    expected.sort();
+    assert_eq!(lines, expected);
+    stderr_has(&out, "20 jobs");
+
+    let json = text(&wp(&dir, &["status", "--db", "q.db", "--json"], b"").stdout);
+    let status: Value = serde_json::from_str(&json).unwrap();
+    let count = |state: &str| {
+        status["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["state"] == state)
+            .map_or(0, |c| c["count"].as_u64().unwrap())
+    };
+    assert_eq!((count("completed"), count("failed")), (19, 1), "{json}");
+    assert_eq!(status["recent_failures"][0]["error"], "exit status 1");
+
+    let failed = text(
+        &wp(
+            &dir,
+            &["jobs", "--db", "q.db", "--state", "failed", "--json"],
+            b"",
+        )
+        .stdout,
+    );
+    let row: Value = serde_json::from_str(failed.lines().next().unwrap()).unwrap();
+    let id = row["id"].as_u64().unwrap().to_string();
+    assert!(
+        !failed.contains("\"7\""),
+        "records are never printed: {failed}"
+    );
+
+    let out = wp(&dir, &["retry", "--db", "q.db", &id], b"");
+    assert_eq!(out.status.code(), Some(0));
+    stderr_has(&out, "1 job made available");
+    let out = wp(
+        &dir,
+        &["cancel", "--db", "q.db", "--state", "available"],
+        b"",
+    );
+    stderr_has(&out, "1 job cancelled");
+    let out = wp(&dir, &["retry", "--db", "q.db", "999999"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    stderr_has(&out, "not made available: 999999");
+
+    // Scheduled for later: nothing is ready, the worker has nothing to run.
+    let out = wp(
+        &dir,
+        &["enqueue", "--db", "q.db", "--delay", "1h"],
+        b"later\n",
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let out = wp(
+        &dir,
+        &["worker", "--db", "q.db", "--exit-when-empty", "echo"],
+        b"",
+    );
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), String::new())
+    );
+    let status = text(&wp(&dir, &["status", "--db", "q.db"], b"").stdout);
+    assert!(status.contains("scheduled"), "{status}");
+}
+
+#[test]
+fn job_store_input_errors_are_usage_errors() {
+    let dir = Dir::new("storeerrors");
+    for (args, says) in [
+        (
+            &["status", "--db", "missing.db"][..],
+            "no job store at missing.db",
+        ),
+        (&["jobs", "--db", "missing.db"][..], "no job store"),
+        (
+            &["enqueue", "--db", "no/such/dir/q.db"][..],
+            "cannot open the job store",
+        ),
+        (
+            &["jobs", "--db", "q.db", "--state", "done"][..],
+            "unknown state",
+        ),
+        (
+            &["enqueue", "--db", "q.db", "--at", "tomorrow"][..],
+            "invalid time",
+        ),
+        (&["cancel", "--db", "q.db"][..], "required"),
+    ] {
+        let out = wp(&dir, args, b"");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        stderr_has(&out, says);
+    }
+    std::fs::write(dir.path("garbage.db"), vec![1u8; 4096]).unwrap();
+    let out = wp(&dir, &["status", "--db", "garbage.db"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    stderr_has(&out, "not a database");
+}
+
+/// Two workers share a store: each job runs once. A signal stops a worker:
+/// its running job goes back to the store, exit 130.
+#[test]
+fn workers_share_a_store_and_a_signal_puts_running_jobs_back() {
+    let dir = Dir::new("storeworkers");
+    let input: String = (1..=200).map(|i| format!("{i}\n")).collect();
+    assert!(
+        wp(&dir, &["enqueue", "--db", "q.db"], input.as_bytes())
+            .status
+            .success()
+    );
+    let worker = || {
+        Command::new(BIN)
+            .args([
+                "worker",
+                "--db",
+                "q.db",
+                "-j",
+                "3",
+                "--exit-when-empty",
+                "--",
+            ])
+            .args(["sh", "-c", "echo \"$1\" >> ran.txt", "_", "{}"])
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (worker(), worker());
+    for w in [a, b] {
+        let out = w.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("locked"));
+    }
+    let mut ran: Vec<u32> = dir
+        .read("ran.txt")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, (1..=200).collect::<Vec<_>>(), "each job once");
+
+    assert!(
+        wp(&dir, &["enqueue", "--db", "q.db"], b"slow\n")
+            .status
+            .success()
+    );
+    let mut w = Command::new(BIN)
+        .args(["worker", "--db", "q.db", "--shutdown-timeout", "1s", "--"])
+        .args(["sh", "-c", ": > started; sleep 30", "_", "{}"])
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&dir.path("started"));
+    signal(&w, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(exit_within(&mut w, Duration::from_secs(20)), Some(130));
+    let json = text(
+        &wp(
+            &dir,
+            &["jobs", "--db", "q.db", "--state", "available", "--json"],
+            b"",
+        )
+        .stdout,
+    );
+    assert_eq!(
+        json.lines().count(),
+        1,
+        "the interrupted job is available again: {json}"
+    );
+}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime};
 
+use rusqlite::OptionalExtension;
 use tokio::sync::oneshot;
 
 use self::db::{NewRow, Op, Settings, now_ms};
@@ -173,6 +174,21 @@ impl NewJob {
         self.timeout = Some(timeout);
         self
     }
+}
+
+/// A row of `SELECT id, queue, state, attempt, max_attempts, priority,
+/// run_at, errors`.
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get::<_, i64>(0)? as u64,
+        queue: r.get(1)?,
+        state: r.get(2)?,
+        attempt: r.get(3)?,
+        max_attempts: r.get(4)?,
+        priority: r.get(5)?,
+        run_at: r.get(6)?,
+        errors: r.get(7)?,
+    })
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -410,18 +426,7 @@ impl SqliteStore {
                 "SELECT id, queue, state, attempt, max_attempts, priority, run_at, errors FROM workpool_jobs
                   WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(rusqlite::params![state, limit as i64], |r| {
-                Ok(JobRow {
-                    id: r.get::<_, i64>(0)? as u64,
-                    queue: r.get(1)?,
-                    state: r.get(2)?,
-                    attempt: r.get(3)?,
-                    max_attempts: r.get(4)?,
-                    priority: r.get(5)?,
-                    run_at: r.get(6)?,
-                    errors: r.get(7)?,
-                })
-            })?;
+            let rows = stmt.query_map(rusqlite::params![state, limit as i64], job_row)?;
             rows.collect()
         })
         .await
@@ -460,6 +465,64 @@ impl SqliteStore {
                 rusqlite::params![id as i64, now_ms()],
             )
             .map(|n| n > 0)
+        })
+        .await
+    }
+
+    /// Cancels every job in `state` (`available`, `scheduled` or
+    /// `retryable`: jobs that wait); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The update failed.
+    pub async fn cancel_all(&self, state: &str) -> Result<u64, StoreError> {
+        let state = state.to_string();
+        self.call(move |tx| {
+            tx.execute(
+                "UPDATE workpool_jobs SET state = 'cancelled', finished_at = ?2
+                  WHERE state = ?1 AND state IN ('available', 'scheduled', 'retryable')",
+                rusqlite::params![state, now_ms()],
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    /// Makes every job in `state` (`failed` or `cancelled`) available
+    /// again, each with one more attempt allowed; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The update failed.
+    pub async fn retry_all(&self, state: &str) -> Result<u64, StoreError> {
+        let state = state.to_string();
+        self.call(move |tx| {
+            tx.execute(
+                "UPDATE workpool_jobs SET state = 'available', run_at = ?2, finished_at = NULL,
+                        max_attempts = max(max_attempts, attempt + 1)
+                  WHERE state = ?1 AND state IN ('failed', 'cancelled')",
+                rusqlite::params![state, now_ms()],
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    /// The job that has waited longest among those ready to run, if any.
+    ///
+    /// # Errors
+    ///
+    /// The query failed.
+    pub async fn oldest_ready(&self) -> Result<Option<JobRow>, StoreError> {
+        self.call(|tx| {
+            tx.query_row(
+                "SELECT id, queue, state, attempt, max_attempts, priority, run_at, errors FROM workpool_jobs
+                  WHERE state IN ('available', 'scheduled', 'retryable') AND run_at <= ?1
+                  ORDER BY run_at, id LIMIT 1",
+                [now_ms()],
+                job_row,
+            )
+            .optional()
         })
         .await
     }
