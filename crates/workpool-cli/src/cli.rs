@@ -229,6 +229,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Keep the run in a job store (a SQLite file): each record is stored
+    /// as it is read, and if the run is killed, the same command line again
+    /// continues it (what finished is not run again; what was running runs
+    /// again). Not with -k, --resume, --halt or --dry-run
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["keep_order", "resume", "resume_failed", "halt", "dry_run"])]
+    pub db: Option<PathBuf>,
+
     /// The command and its arguments (`--` before it is optional)
     #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true)]
     pub command: Vec<OsString>,

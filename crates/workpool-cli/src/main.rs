@@ -13,6 +13,7 @@ mod report;
 mod results;
 mod run;
 mod sources;
+mod stored;
 mod template;
 mod worker;
 

@@ -67,8 +67,9 @@ pub enum Event {
     Submitted(u64),
     /// A record was read but the pool refused it (shutting down): not run.
     Refused(u64, Values),
-    /// A record was skipped because the job log shows it done.
-    Skipped,
+    /// A record was skipped because an earlier run did it (the job log or
+    /// the job store says so); `failed`: it did not succeed there.
+    Skipped { failed: bool },
     /// A job ended.
     Done(Box<Done>),
     /// --line-buffer: whole lines a running job printed, tagged if asked.
@@ -116,6 +117,8 @@ pub struct Reporter {
 pub struct Summary {
     pub counts: HashMap<OutcomeKind, u64>,
     pub skipped: u64,
+    /// Of the skipped records, those that did not succeed in their run.
+    pub skipped_failed: u64,
     /// (record, why) for the first failures.
     /// (seq, (record, why)) for the first failures in record order.
     pub first_failures: Vec<(u64, (String, String))>,
@@ -184,8 +187,12 @@ impl Summary {
         if self.not_run_total > 0 {
             parts.push(format!("{} not run", self.not_run_total));
         }
-        if self.skipped > 0 {
-            parts.push(format!("{} skipped (already in the job log)", self.skipped));
+        match (self.skipped, self.skipped_failed) {
+            (0, _) => {}
+            (n, 0) => parts.push(format!("{n} skipped (done in an earlier run)")),
+            (n, f) => parts.push(format!(
+                "{n} skipped (done in an earlier run, {f} of them without success)"
+            )),
         }
         let mut out = format!(
             "workpool: {ran} job{} in {:.2?}: {}\n",
@@ -306,7 +313,10 @@ impl Reporter {
                     // It was counted as submitted just before the refusal.
                     submitted = submitted.saturating_sub(1);
                 }
-                Event::Skipped => summary.skipped += 1,
+                Event::Skipped { failed } => {
+                    summary.skipped += 1;
+                    summary.skipped_failed += u64::from(failed);
+                }
                 Event::Done(done) => {
                     ended += 1;
                     *summary.counts.entry(done.kind).or_default() += 1;

@@ -116,7 +116,7 @@ pub(crate) struct State {
 /// `--input`, or the sources after `:::` and `::::`, combined, split and
 /// grouped as the flags say. Opened before anything runs, so a bad path is
 /// a usage error.
-fn open_sources(args: &RunArgs, jobs: usize) -> Result<(Template, Jobs), String> {
+pub(crate) fn open_sources(args: &RunArgs, jobs: usize) -> Result<(Template, Jobs), String> {
     let (command, specs) = sources::split_command(&args.command)?;
     let spread = match args.context_replace {
         true => Spread::Repeat,
@@ -141,7 +141,7 @@ fn open_sources(args: &RunArgs, jobs: usize) -> Result<(Template, Jobs), String>
 
 /// A job log must be a file of its own: not standard output (where the
 /// jobs' output goes), and not the input (opening the log would empty it).
-fn check_joblog(args: &RunArgs) -> Result<(), String> {
+pub(crate) fn check_joblog(args: &RunArgs) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let Some(log) = &args.joblog else {
         return Ok(());
@@ -204,6 +204,9 @@ pub(crate) async fn next_signal(signals: &mut Signals) -> Signal {
 ///
 /// A usage or input problem found before anything ran (exit status 2).
 pub async fn run(args: RunArgs) -> Result<i32, String> {
+    if args.db.is_some() {
+        return crate::stored::run(args).await;
+    }
     let started = Instant::now();
     let mut signals = listen()?;
     // Orphaned descendants of jobs come to us, not to init (`contain.rs`).
@@ -444,7 +447,7 @@ impl Running {
 }
 
 /// -j, or the number of CPUs.
-fn jobs_of(args: &RunArgs) -> usize {
+pub(crate) fn jobs_of(args: &RunArgs) -> usize {
     args.job
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -452,7 +455,7 @@ fn jobs_of(args: &RunArgs) -> usize {
 
 /// Where the jobs' output goes: captured (the default), passed on line by
 /// line to the reporter, or inherited.
-fn output_mode(
+pub(crate) fn output_mode(
     args: &RunArgs,
     events: &mpsc::UnboundedSender<Event>,
     budget: &Arc<Semaphore>,
@@ -468,7 +471,7 @@ fn output_mode(
 }
 
 /// What the handler and the outcome hook share for this run.
-fn new_state(
+pub(crate) fn new_state(
     args: &RunArgs,
     jobs: usize,
     template: Template,
@@ -532,7 +535,9 @@ impl State {
 }
 
 /// The job log, what it says finished (when resuming), and how to resume.
-fn open_joblog(args: &RunArgs) -> Result<(Option<JobLog>, Previous, Option<ResumeMode>), String> {
+pub(crate) fn open_joblog(
+    args: &RunArgs,
+) -> Result<(Option<JobLog>, Previous, Option<ResumeMode>), String> {
     let resume_mode = match (args.resume, args.resume_failed) {
         (true, _) => Some(ResumeMode::Finished),
         (_, true) => Some(ResumeMode::Succeeded),
@@ -578,7 +583,9 @@ fn build_pool(args: &RunArgs, jobs: usize, state: &Arc<State>) -> Result<RunPool
         })
         .build(move |job: Job<Values>, ctx: JobContext| {
             let st = handler_state.clone();
-            async move { handle(job, ctx, st).await }
+            // The job's ID is its record's number.
+            let seq = job.id().as_u64().unwrap_or(0);
+            async move { handle(job.into_payload(), seq, ctx, st).await }
         })
         .map_err(|e| e.to_string())?;
     let _ = state.pool.set(pool.clone());
@@ -718,7 +725,7 @@ async fn read_input(mut r: ReadInput) -> Result<(), String> {
         if let (Some(mode), Some(path)) = (r.resume_mode, &r.joblog_path) {
             match r.previous.skip(seq, &shown(&record), mode, path) {
                 Ok(true) => {
-                    let _ = r.events.send(Event::Skipped);
+                    let _ = r.events.send(Event::Skipped { failed: false });
                     continue;
                 }
                 Ok(false) => {}
@@ -840,14 +847,15 @@ fn check_halt(st: &State, kind: OutcomeKind) {
 const NUL_RECORD: &str =
     "the record holds a NUL byte, which no command argument can carry (split on NUL with -0)";
 
+/// One attempt of a job: record number `seq` (for `{#}`) with `values`.
 pub(crate) async fn handle(
-    job: Job<Values>,
+    values: Values,
+    seq: u64,
     ctx: JobContext,
     st: Arc<State>,
 ) -> Result<Attempted, BoxError> {
-    let values = job.into_payload();
     let slots = Slots {
-        seq: ctx.id().as_u64().unwrap_or(0),
+        seq,
         slot: ctx.worker(),
     };
     let argv = st.template.argv(&values, slots);

@@ -18,18 +18,43 @@ use workpool::{
 };
 
 use crate::capture::LINE_BUDGET;
-use crate::cli::WorkerArgs;
+use crate::cli::{JobFlags, WorkerArgs};
 use crate::command::lock;
 use crate::report::{Done, Event, Reporter, say};
 use crate::run::{self, Attempted, CommandFailed, State};
+use crate::sources::Values;
 use crate::template::{Spread, Template};
 
 /// Jobs whose output may wait to be printed: the reporter prints each as it
 /// ends, so this only bounds the memory of captured output per job.
 const WINDOW: usize = 64;
 
-/// What each job's last attempt left, until the outcome hook takes it.
-type Attempts = Arc<Mutex<HashMap<JobId, (Vec<u8>, Attempted)>>>;
+/// What each job's last attempt left (with its number and values), until
+/// the outcome hook takes it.
+type Attempts = Arc<Mutex<HashMap<JobId, (u64, Values, Attempted)>>>;
+
+/// A stored payload as a job's number (for `{#}` and the output order) and
+/// its values; `None` if it cannot be read.
+pub(crate) type Unpack = fn(&JobId, Vec<u8>) -> Option<(u64, Values)>;
+
+/// Jobs with an ID up to `up_to` that ended here (for `run --db`, which
+/// must not also report them as done by an earlier run).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Finished {
+    pub(crate) up_to: u64,
+    pub(crate) ids: Arc<Mutex<std::collections::HashSet<u64>>>,
+}
+
+impl Finished {
+    pub(crate) fn ran_here(&self, id: u64) -> bool {
+        lock(&self.ids).contains(&id)
+    }
+}
+
+/// `workpool worker`'s payloads: one record each, numbered by job ID.
+fn one_record(id: &JobId, payload: Vec<u8>) -> Option<(u64, Values)> {
+    Some((id.as_u64().unwrap_or(0), vec![payload]))
+}
 
 /// Runs `workpool worker`; returns the exit status.
 ///
@@ -64,7 +89,15 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
     .spawn(events_rx)
     .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
 
-    let pool = build(&args, jobs, store, state.clone(), events.clone())?;
+    let pool = build(
+        &args.job,
+        jobs,
+        store,
+        state.clone(),
+        events.clone(),
+        one_record,
+        None,
+    )?;
     let drained = async {
         if args.exit_when_empty {
             Some(pool.shutdown(Duration::MAX).await)
@@ -111,7 +144,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
 
 /// Stops claiming, lets running jobs finish until `timeout` (a signal
 /// meanwhile cancels them, a second kills them) and releases the rest.
-async fn stop(
+pub(crate) async fn stop(
     pool: &Pool<Vec<u8>>,
     state: &State,
     signals: &mut workpool::signal::Signals,
@@ -142,29 +175,28 @@ async fn stop(
 
 /// The durable pool: the handler runs each job's command and keeps what it
 /// left; the hook passes the last attempt's to the reporter.
-fn build(
-    args: &WorkerArgs,
+pub(crate) fn build(
+    flags: &JobFlags,
     jobs: usize,
     store: workpool::store::sqlite::SqliteStore,
     state: Arc<State>,
     events: mpsc::UnboundedSender<Event>,
+    unpack: Unpack,
+    finished: Option<Finished>,
 ) -> Result<Pool<Vec<u8>>, String> {
     let attempts: Attempts = Arc::default();
     let kept = attempts.clone();
     let mut builder = Pool::builder()
         .workers(jobs)
         .store(store)
-        .grace(args.job.kill_after + Duration::from_secs(2))
+        .grace(flags.kill_after + Duration::from_secs(2))
         .recent_failures(0)
         .retry(
-            RetryPolicy::attempts(args.job.retries.saturating_add(1))
-                .with_backoff(
-                    args.job.retry_delay,
-                    args.job.retry_delay.saturating_mul(64),
-                )
+            RetryPolicy::attempts(flags.retries.saturating_add(1))
+                .with_backoff(flags.retry_delay, flags.retry_delay.saturating_mul(64))
                 .retry_timeouts(true),
         );
-    if let Some(t) = args.job.timeout {
+    if let Some(t) = flags.timeout {
         builder = builder.default_timeout(t);
     }
     builder
@@ -175,12 +207,16 @@ fn build(
             if kind == OutcomeKind::Unstarted {
                 return;
             }
-            let seq = c.id().as_u64().unwrap_or(0);
-            let (record, attempted) = match last {
-                Some((record, a)) => (record, Some(a)),
-                None => (Vec::new(), None),
+            if let (Some(f), Some(id)) = (&finished, c.id().as_u64())
+                && id <= f.up_to
+            {
+                lock(&f.ids).insert(id);
+            }
+            let (seq, values, attempted) = match last {
+                Some((seq, values, a)) => (seq, values, Some(a)),
+                None => (c.id().as_u64().unwrap_or(0), Vec::new(), None),
             };
-            let mut done = Done::new(seq, vec![record], kind, c.outcome().attempts());
+            let mut done = Done::new(seq, values, kind, c.outcome().attempts());
             if let Some(a) = attempted {
                 run::fill_done(&mut done, a);
             }
@@ -188,7 +224,7 @@ fn build(
         })
         .build(move |job: Job<Vec<u8>>, ctx: JobContext| {
             let (state, attempts) = (state.clone(), attempts.clone());
-            async move { attempt(job, ctx, state, attempts).await }
+            async move { attempt(job, ctx, state, attempts, unpack).await }
         })
         .map_err(|e| e.to_string())
 }
@@ -199,12 +235,14 @@ async fn attempt(
     ctx: JobContext,
     state: Arc<State>,
     attempts: Attempts,
+    unpack: Unpack,
 ) -> Result<(), BoxError> {
     let id = job.id().clone();
-    let record = job.payload().clone();
+    let Some((seq, values)) = unpack(&id, job.into_payload()) else {
+        return Err(permanent(std::io::Error::other("the stored job cannot be read")).into());
+    };
     // The job's deadline is in `ctx`, which stops the command.
-    let as_run = Job::with_id(id.clone(), vec![job.into_payload()]);
-    let result = run::handle(as_run, ctx, state).await;
+    let result = run::handle(values.clone(), seq, ctx, state).await;
     let (attempted, error): (Attempted, Option<BoxError>) = match result {
         Ok(a) => (a, None),
         Err(e) => {
@@ -223,7 +261,7 @@ async fn attempt(
             }
         }
     };
-    lock(&attempts).insert(id, (record, attempted));
+    lock(&attempts).insert(id, (seq, values, attempted));
     match error {
         None => Ok(()),
         Some(e) => Err(e),

@@ -2056,3 +2056,87 @@ fn workers_share_a_store_and_a_signal_puts_running_jobs_back() {
         "the interrupted job is available again: {json}"
     );
 }
+
+/// `run --db`: killed with SIGKILL mid-run, the same command line again
+/// continues it at once: every record runs, only those held by the killed
+/// process run again, and a run that is over runs nothing more (with the
+/// status of what failed in it).
+#[test]
+fn run_db_killed_and_run_again_continues_where_it_stopped() {
+    let dir = Dir::new("rundb");
+    let input: String = (1..=300).map(|i| format!("{i}\n")).collect();
+    let args = [
+        "--db",
+        "r.db",
+        "-j",
+        "4",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.005; echo \"$1\" >> out.txt; [ \"$1\" != 250 ]",
+        "_",
+        "{}",
+    ];
+    let kills = 3;
+    for k in 0..kills {
+        let mut child = workpool(&dir, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150 + 50 * k));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let out = run(&dir, &args, input.as_bytes());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "record 250 failed: {}",
+        text(&out.stderr)
+    );
+    let mut ran: Vec<u32> = dir
+        .read("out.txt")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let total = ran.len();
+    ran.sort_unstable();
+    ran.dedup();
+    assert_eq!(ran, (1..=300).collect::<Vec<_>>(), "every record ran");
+    assert!(
+        total - 300 <= kills as usize * 5,
+        "{} ran again after {kills} kills",
+        total - 300
+    );
+    // The summary accounts for every record once: "workpool: N jobs in T:
+    // A succeeded, B failed, C skipped (…)".
+    let err = text(&out.stderr);
+    let line = err.lines().find(|l| l.contains(" jobs in ")).unwrap();
+    let parts = line.splitn(3, ": ").nth(2).unwrap();
+    let counted: u64 = parts
+        .split(", ")
+        .filter_map(|p| {
+            let mut words = p.split(' ');
+            let n = words.next()?.parse::<u64>().ok()?;
+            matches!(words.next()?, "succeeded" | "failed" | "skipped").then_some(n)
+        })
+        .sum();
+    assert_eq!(counted, 300, "{err}");
+    // Over: run again, nothing runs, and the failure still shows.
+    std::fs::remove_file(dir.path("out.txt")).unwrap();
+    let out = run(&dir, &args, input.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    stderr_has(
+        &out,
+        "300 skipped (done in an earlier run, 1 of them without success)",
+    );
+    assert_eq!(dir.read("out.txt"), "");
+}

@@ -110,8 +110,8 @@ impl<P: Send + 'static> DurableStore<P> {
             unique_key: None,
         };
         match self.db.insert(vec![row]).await {
-            Ok(ids) => {
-                let id = ids[0];
+            Ok(found) => {
+                let id = found[0].id;
                 let mut local = lock(&self.local);
                 if let Some(ticket) = q.ticket {
                     local.tickets.insert(id, ticket);

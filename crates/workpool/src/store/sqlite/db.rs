@@ -67,6 +67,13 @@ pub(crate) struct NewRow {
     pub(crate) unique_key: Option<String>,
 }
 
+/// An enqueued job's row; for a unique key already present, the existing
+/// job's row and its state.
+pub(crate) struct Inserted {
+    pub(crate) id: i64,
+    pub(crate) existing: Option<String>,
+}
+
 /// A job a claim took: now `running`, leased to this process.
 pub(crate) struct ClaimedRow {
     pub(crate) id: i64,
@@ -98,7 +105,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Work for the writer thread.
 pub(crate) enum Op {
-    Enqueue(Vec<NewRow>, Reply<Vec<i64>>),
+    Enqueue(Vec<NewRow>, Reply<Vec<Inserted>>),
     Claim {
         queue: String,
         n: usize,
@@ -233,10 +240,17 @@ fn write<T>(
     f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
     let began = Instant::now();
+    let mut pause = Duration::from_millis(1);
     let tx = loop {
         match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => break tx,
-            Err(e) if is_busy(&e) && began.elapsed() < BUSY_PATIENCE => continue,
+            // SQLite's own busy wait gave up (or was not used, as during
+            // another process's WAL recovery): wait a little, longer each
+            // time, and try again.
+            Err(e) if is_busy(&e) && began.elapsed() < BUSY_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
             Err(e) => return Err(e),
         }
     };
@@ -258,8 +272,13 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 fn identity(pid: u32) -> Option<(String, String)> {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (start time) counts from the one after the command's `)`.
-    let start = stat.rsplit_once(") ")?.1.split(' ').nth(19)?.to_string();
+    // After the command's `)`: the state (field 3), then field 22, the start
+    // time, 19 further on. A zombie has ended: it is not alive.
+    let mut fields = stat.rsplit_once(") ")?.1.split(' ');
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    let start = fields.nth(18)?.to_string();
     Some((boot.trim().to_string(), start))
 }
 
@@ -339,7 +358,7 @@ struct Writer {
 
 /// What an operation gives back once its transaction is committed.
 enum Value {
-    Ids(Vec<i64>),
+    Ids(Vec<Inserted>),
     Claimed(Vec<ClaimedRow>),
     Nothing,
 }
@@ -490,7 +509,7 @@ fn apply(
     })
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<Vec<i64>> {
+fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<Vec<Inserted>> {
     let now = now_ms();
     let mut ids = Vec::with_capacity(rows.len());
     let mut stmt = tx.prepare_cached(
@@ -509,18 +528,25 @@ fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<V
             row.unique_key,
             now
         ])?;
-        let id = match (inserted, &row.unique_key) {
+        let found = match (inserted, &row.unique_key) {
             (0, Some(key)) => tx
                 .query_row(
-                    "SELECT id FROM workpool_jobs WHERE queue = ?1 AND unique_key = ?2",
+                    "SELECT id, state FROM workpool_jobs WHERE queue = ?1 AND unique_key = ?2",
                     params![row.queue, key],
-                    |r| r.get(0),
+                    |r| {
+                        Ok(Inserted {
+                            id: r.get(0)?,
+                            existing: Some(r.get(1)?),
+                        })
+                    },
                 )
-                .optional()?
-                .unwrap_or(0),
-            _ => tx.last_insert_rowid(),
+                .optional()?,
+            _ => None,
         };
-        ids.push(id);
+        ids.push(found.unwrap_or(Inserted {
+            id: tx.last_insert_rowid(),
+            existing: None,
+        }));
     }
     Ok(ids)
 }
@@ -657,7 +683,8 @@ mod tests {
         }
 
         fn insert(&self, rows: Vec<NewRow>) -> Vec<i64> {
-            self.ask(|r| Op::Enqueue(rows, r))
+            let inserted = self.ask(|r| Op::Enqueue(rows, r));
+            inserted.into_iter().map(|i| i.id).collect()
         }
 
         fn claim(&self, n: usize) -> Vec<ClaimedRow> {

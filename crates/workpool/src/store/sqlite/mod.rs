@@ -85,6 +85,17 @@ pub struct JobRow {
     pub errors: String,
 }
 
+/// A job [`SqliteStore::enqueue_unique`] stored or found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Enqueued {
+    /// The job's ID.
+    pub id: u64,
+    /// `None` if it was stored now; the state of the job already there with
+    /// its unique key otherwise.
+    pub existing: Option<String>,
+}
+
 /// Jobs in one queue and state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -346,6 +357,18 @@ impl SqliteStore {
     ///
     /// The transaction failed: none of the jobs was stored.
     pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<u64>, StoreError> {
+        let found = self.enqueue_unique(jobs).await?;
+        Ok(found.into_iter().map(|e| e.id).collect())
+    }
+
+    /// As [`enqueue`](Self::enqueue), and for each job whether its unique key
+    /// was already there, with the existing job's state (so that a producer
+    /// that enqueues the same jobs again can tell what is done).
+    ///
+    /// # Errors
+    ///
+    /// The transaction failed: none of the jobs was stored.
+    pub async fn enqueue_unique(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
         let now = now_ms();
         let rows = jobs
             .into_iter()
@@ -359,11 +382,17 @@ impl SqliteStore {
                 unique_key: j.unique_key,
             })
             .collect();
-        let ids = self.insert(rows).await?;
-        Ok(ids.into_iter().map(|id| id as u64).collect())
+        let found = self.insert(rows).await?;
+        Ok(found
+            .into_iter()
+            .map(|i| Enqueued {
+                id: i.id as u64,
+                existing: i.existing,
+            })
+            .collect())
     }
 
-    pub(crate) async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<i64>, StoreError> {
+    pub(crate) async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<db::Inserted>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Enqueue(rows, tx))?;
         rx.await.map_err(|_| StoreError::Closed)?

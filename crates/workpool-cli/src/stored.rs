@@ -1,0 +1,262 @@
+//! `workpool run --db FILE`: a run kept in a job store, so that the same
+//! command line continues it after a kill.
+//!
+//! The run has a queue of its own in the file, named from its command and
+//! input (`run-` and a hash). Each record is stored as it is read, under its
+//! number as unique key: run again, the records already there are found,
+//! not added. Those that finished (completed, failed, cancelled) are
+//! skipped; the rest run, including those that were running when the last
+//! process died (the file's owners tell at once that it is gone). Jobs run
+//! on a durable pool, as in `workpool worker`, and the reporter prints them.
+//! The run is over when the input is read and the queue holds no job that
+//! may still run: the file says so, whichever process ran what.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use workpool::JobId;
+use workpool::store::sqlite::{NewJob, SqliteStore};
+
+use crate::capture::LINE_BUDGET;
+use crate::cli::RunArgs;
+use crate::report::{Event, Reporter, Stop, progress_bar, say};
+use crate::run;
+use crate::sources::{Jobs, Values};
+
+/// Runs `workpool run --db`; returns the exit status.
+///
+/// # Errors
+///
+/// A usage or input problem found before anything ran (exit status 2).
+pub async fn run(args: RunArgs) -> Result<i32, String> {
+    let started = Instant::now();
+    let mut signals = run::listen()?;
+    let _ = crate::contain::become_subreaper();
+    let jobs = run::jobs_of(&args);
+    let (template, inputs) = run::open_sources(&args, jobs)?;
+    run::check_joblog(&args)?;
+    let db = args.db.clone().expect("run --db");
+    let queue = queue_of(&args);
+    let store = crate::jobstore::open(&db, &queue)?;
+    let (joblog, _, _) = run::open_joblog(&args)?;
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
+    let line_budget = Arc::new(Semaphore::new(LINE_BUDGET));
+    let output = run::output_mode(&args, &events, &line_budget);
+    let state = run::new_state(&args, jobs, template, output, stop_tx.clone());
+    let reporter = Reporter {
+        keep_order: false,
+        joblog,
+        bar: progress_bar(args.bar),
+        window: Arc::new(Semaphore::new(0)),
+        timeout: args.job.timeout,
+        stop: stop_tx.clone(),
+        tag: args.tag && !args.line_buffer,
+        results: args.results.as_deref().map(crate::results::Results::new),
+        line_budget,
+    }
+    .spawn(events_rx)
+    .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
+    // Jobs already in the file may run here before the reader reaches
+    // their records: those are remembered, not reported skipped too.
+    let newest = store.jobs(None, 1).await.map_err(|e| e.to_string())?;
+    let finished = crate::worker::Finished {
+        up_to: newest.first().map_or(0, |j| j.id),
+        ids: Arc::default(),
+    };
+    let pool = crate::worker::build(
+        &args.job,
+        jobs,
+        store.clone(),
+        state.clone(),
+        events.clone(),
+        unpack,
+        Some(finished.clone()),
+    )?;
+    let reader = tokio::spawn(store_records(
+        inputs,
+        store,
+        queue,
+        events.clone(),
+        stop_tx,
+        finished,
+    ));
+
+    let mut interrupted = None;
+    let first = tokio::select! {
+        s = run::next_signal(&mut signals) => { interrupted = Some(s); None }
+        stop = stop_rx.recv() => stop,
+    };
+    reader.abort();
+    let timeout = match &first {
+        Some(Stop::AllDone) => Duration::from_secs(5),
+        _ => args.job.shutdown_timeout,
+    };
+    let report = crate::worker::stop(&pool, &state, &mut signals, &mut interrupted, timeout).await;
+    state.kill_all();
+    let _ = events.send(Event::Finish);
+    let summary = reporter.await.unwrap_or_default();
+    say(&summary.render(started.elapsed()));
+    let released = report.stats().unstarted;
+    if released > 0 || interrupted.is_some() {
+        say(&format!(
+            "workpool: the run is kept in {}: the same command line continues it\n",
+            db.display()
+        ));
+    }
+    if let Some(Stop::InputFailed(e)) = &first {
+        say(&format!("workpool: {e}\n"));
+        return Ok(2);
+    }
+    Ok(match (interrupted, &summary.output_error) {
+        (Some(s), _) => s.exit_code(),
+        (None, Some(crate::report::OutputError::Closed)) => 141,
+        (None, Some(_)) => 1,
+        // A record that failed in an earlier run of this one still counts.
+        (None, None) if summary.any_failed() || summary.skipped_failed > 0 => 1,
+        (None, None) if summary.joblog_error.is_some() => 1,
+        (None, None) => 0,
+    })
+}
+
+/// The run's queue: named from what makes its records (the command, with
+/// its `:::` sources, the input file and the flags that split or group
+/// records), so that the same command line finds it again.
+fn queue_of(args: &RunArgs) -> String {
+    let mut key = Vec::new();
+    for word in &args.command {
+        key.extend_from_slice(word.as_encoded_bytes());
+        key.push(0);
+    }
+    let input = args
+        .input
+        .as_ref()
+        .map(|p| p.as_os_str().as_encoded_bytes());
+    key.extend_from_slice(input.unwrap_or(b"-"));
+    let flags = format!(
+        "\0{}\0{:?}\0{:?}\0{}{}{}",
+        args.null, args.colsep, args.max_args, args.multiple, args.context_replace, args.link
+    );
+    key.extend_from_slice(flags.as_bytes());
+    format!("run-{:016x}", fnv1a(&key))
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms (a queue name must
+/// be the same for every run of the same command line).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Stores each record as it is read, under its number, telling the
+/// reporter about those an earlier run finished; then waits until the
+/// queue holds nothing that may still run.
+async fn store_records(
+    mut inputs: Jobs,
+    store: SqliteStore,
+    queue: String,
+    events: mpsc::UnboundedSender<Event>,
+    stop: mpsc::UnboundedSender<Stop>,
+    finished: crate::worker::Finished,
+) {
+    let mut seq = 0u64;
+    loop {
+        let values = match inputs.next().await {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = stop.send(Stop::InputFailed(format!("reading input failed: {e}")));
+                return;
+            }
+        };
+        seq += 1;
+        let job = NewJob::new(pack(seq, &values)).unique_key(seq.to_string());
+        let found = match store.enqueue_unique(vec![job]).await {
+            Ok(mut f) => f.remove(0),
+            Err(e) => {
+                let _ = stop.send(Stop::InputFailed(format!(
+                    "record {seq} could not be stored: {e}"
+                )));
+                return;
+            }
+        };
+        if let Some(state @ ("completed" | "failed" | "cancelled")) = found.existing.as_deref()
+            && !finished.ran_here(found.id)
+        {
+            let failed = state != "completed";
+            let _ = events.send(Event::Skipped { failed });
+        }
+    }
+    // Every record is in the file: the run ends when none may still run.
+    loop {
+        match store.counts().await {
+            Ok(counts) => {
+                let left = counts.iter().any(|c| {
+                    c.queue == queue
+                        && !matches!(c.state.as_str(), "completed" | "failed" | "cancelled")
+                });
+                if !left {
+                    let _ = stop.send(Stop::AllDone);
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = stop.send(Stop::InputFailed(format!("the job store failed: {e}")));
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stored job: its record number and its values, each with its length.
+fn pack(seq: u64, values: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = seq.to_le_bytes().to_vec();
+    for v in values {
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// The record number and values of a stored job, if it is one of ours.
+fn unpack(_id: &JobId, payload: Vec<u8>) -> Option<(u64, Values)> {
+    let (seq, mut rest) = payload.split_first_chunk::<8>()?;
+    let mut values = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<8>()?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+        values.push(tail.get(..len)?.to_vec());
+        rest = &tail[len..];
+    }
+    Some((u64::from_le_bytes(*seq), values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_job_unpacks_to_itself_and_garbage_does_not() {
+        let id = JobId::from(1u64);
+        for values in [
+            vec![],
+            vec![vec![]],
+            vec![b"a".to_vec(), vec![0, 255], b"".to_vec()],
+        ] {
+            assert_eq!(unpack(&id, pack(42, &values)), Some((42, values)));
+        }
+        assert_eq!(unpack(&id, vec![1, 2, 3]), None);
+        let mut cut = pack(1, &[b"abc".to_vec()]);
+        cut.pop();
+        assert_eq!(unpack(&id, cut), None);
+    }
+
+    #[test]
+    fn queue_names_are_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
