@@ -131,6 +131,9 @@ where
         tracing::error!(target: "workpool", "shutdown: some outcomes were still on their way; the report may miss them");
     }
 
+    // 7. A durable store writes down every end before the report says so.
+    core.store().flush().await;
+
     let mut stats = core.stats();
     // Every admission is settled now: the gate's count is exact, where the
     // accepted counter (bumped just after each enqueue) may still lag.

@@ -338,6 +338,13 @@ impl<P: Send + 'static> DurableStore<P> {
         local.buffer.len() + usize::from(local.more)
     }
 
+    /// Waits until every end sent so far is committed.
+    pub(crate) async fn flush(&self) {
+        if let Err(e) = self.db.flush().await {
+            tracing::error!(target: "workpool", error = %e, "the job store could not write the last ends: those jobs run again");
+        }
+    }
+
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
     }

@@ -205,6 +205,13 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
         0
     }
 
+    /// Waits until a durable store has written down every end it was told
+    /// of (shutdown's last step, so that a process that exits right after
+    /// leaves nothing to run again).
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
     /// A claimed job will not run now (shutdown). A durable store keeps it
     /// available and returns `None`; the memory store cannot keep it past
     /// the process and gives it back to be handed to the caller.
@@ -389,6 +396,13 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
             AnyStore::Memory(_) => 0,
             #[cfg(feature = "sqlite")]
             AnyStore::Durable(d) => d.held(),
+        }
+    }
+
+    async fn flush(&self) {
+        #[cfg(feature = "sqlite")]
+        if let AnyStore::Durable(d) = self {
+            d.flush().await;
         }
     }
 

@@ -103,6 +103,9 @@ pub(crate) enum End {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Told whether the transaction it ran in committed.
+pub(crate) type AfterCommit = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// Work for the writer thread.
 pub(crate) enum Op {
     Enqueue(Vec<NewRow>, Reply<Vec<Inserted>>),
@@ -118,8 +121,9 @@ pub(crate) enum Op {
     },
     /// Cancels a job that waits (not one that runs).
     CancelWaiting(i64),
-    /// Anything else, run in a write transaction of its own batch.
-    Call(Box<dyn FnOnce(&rusqlite::Transaction<'_>) + Send>),
+    /// Anything else, run in a write transaction of its own; what it
+    /// returns is called once that transaction committed (or failed).
+    Call(Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> AfterCommit + Send>),
     /// Answered once everything sent before it is committed.
     Flush(Reply<()>),
 }
@@ -449,10 +453,14 @@ impl Writer {
         }
         for call in calls {
             if let Op::Call(f) = call {
-                let _ = write(&mut self.conn, |tx| {
-                    f(tx);
+                let mut after = None;
+                let committed = write(&mut self.conn, |tx| {
+                    after = Some(f(tx));
                     Ok(())
                 });
+                if let Some(after) = after {
+                    after(committed.map_err(failed));
+                }
             }
         }
     }
@@ -701,7 +709,10 @@ mod tests {
         ) -> T {
             self.ask(|reply| {
                 Op::Call(Box::new(move |tx| {
-                    let _ = reply.send(Ok(f(tx).unwrap()));
+                    let value = f(tx).unwrap();
+                    Box::new(move |committed| {
+                        let _ = reply.send(committed.map(|()| value));
+                    })
                 }))
             })
         }

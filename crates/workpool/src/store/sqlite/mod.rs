@@ -409,14 +409,19 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs `f` in the writer's next transaction and returns its result.
+    /// Runs `f` in a transaction of the writer's and returns its result once
+    /// that transaction is committed.
     async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Call(Box::new(move |t| {
-            let _ = tx.send(f(t).map_err(|e| StoreError::Sqlite(e.to_string())));
+            let result = f(t).map_err(|e| StoreError::Sqlite(e.to_string()));
+            // Answered once the transaction is committed, not before.
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.and(result));
+            })
         })))?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
