@@ -395,12 +395,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
+            gather(&rx, &mut batch);
             let upkeep = Instant::now() >= next_tick;
             if upkeep {
                 next_tick = Instant::now() + tick;
@@ -484,6 +479,36 @@ fn renew_and_rescue(
     )?;
     rescue(tx, "lease_until < :a", &[&now], "its lease ran out")?;
     Ok(())
+}
+
+/// How long the writer waits for more work when all it has are ends of
+/// attempts (nobody waits for those): a transaction per end would cap
+/// throughput at the commit rate.
+const LINGER: Duration = Duration::from_micros(500);
+
+/// Adds to `batch` what else is waiting, up to [`MAX_BATCH`]. A batch of
+/// ends only lingers up to [`LINGER`] for more, and stops lingering as soon
+/// as something someone waits for (an enqueue, a claim) arrives.
+fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+    let deadline = Instant::now() + LINGER;
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(mpsc::TryRecvError::Disconnected) => return,
+            Err(mpsc::TryRecvError::Empty) => {
+                let only_ends =
+                    !batch.is_empty() && batch.iter().all(|op| matches!(op, Op::End { .. }));
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !only_ends || left.is_zero() {
+                    return;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(op) => batch.push(op),
+                    Err(_) => return,
+                }
+            }
+        }
+    }
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
