@@ -141,6 +141,8 @@ pub(crate) struct Settings {
     pub(crate) lease: Duration,
     /// The most bytes the file may hold (SQLite's `max_page_count`).
     pub(crate) max_size: Option<u64>,
+    /// Finished jobs older than this are deleted (none if `None`).
+    pub(crate) retention: Option<Duration>,
 }
 
 /// Opens (creating it readable by its owner only) and migrates the
@@ -189,6 +191,7 @@ pub(crate) fn start(settings: Settings) -> Result<mpsc::Sender<Op>, StoreError> 
         conn,
         owner,
         lease: settings.lease,
+        retention: settings.retention,
     };
     std::thread::Builder::new()
         .name("workpool-sqlite".into())
@@ -358,7 +361,11 @@ struct Writer {
     conn: Connection,
     owner: i64,
     lease: Duration,
+    retention: Option<Duration>,
 }
+
+/// How often the writer deletes finished jobs past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What an operation gives back once its transaction is committed.
 enum Value {
@@ -387,6 +394,7 @@ impl Writer {
         // Leases are renewed, and expired ones rescued, three times a lease.
         let tick = (self.lease / 3).max(Duration::from_millis(10));
         let mut next_tick = Instant::now() + tick;
+        let mut next_prune = Instant::now();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut batch = Vec::new();
@@ -399,6 +407,15 @@ impl Writer {
             let upkeep = Instant::now() >= next_tick;
             if upkeep {
                 next_tick = Instant::now() + tick;
+            }
+            if let Some(keep) = self.retention
+                && Instant::now() >= next_prune
+            {
+                next_prune = Instant::now() + PRUNE_EVERY;
+                let before = now_ms() - keep.as_millis() as i64;
+                if let Err(e) = write(&mut self.conn, |tx| prune(tx, before)) {
+                    failed(e);
+                }
             }
             self.commit(batch, upkeep);
         }
@@ -509,6 +526,14 @@ fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
             }
         }
     }
+}
+
+/// Deletes jobs that finished before `before` (ms); how many.
+pub(crate) fn prune(tx: &rusqlite::Transaction<'_>, before: i64) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM workpool_jobs WHERE state IN ('completed', 'failed', 'cancelled') AND finished_at < ?1",
+        [before],
+    )
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
@@ -703,6 +728,7 @@ mod tests {
             full_sync: false,
             lease,
             max_size: None,
+            retention: None,
         })
         .unwrap();
         Db { dir, ops }
@@ -850,6 +876,7 @@ mod tests {
             full_sync: false,
             lease: Duration::from_secs(30),
             max_size: None,
+            retention: None,
         })
         .unwrap_err();
         assert!(
@@ -857,5 +884,54 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("upgrade workpool"));
+    }
+
+    #[test]
+    fn finished_jobs_past_their_retention_are_deleted_by_the_writer() {
+        let dir = std::env::temp_dir().join(format!("workpool-db-{}-prune", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db {
+            ops: start(Settings {
+                path: dir.join("t.db"),
+                full_sync: false,
+                lease: Duration::from_secs(30),
+                max_size: None,
+                retention: None,
+            })
+            .unwrap(),
+            dir: dir.clone(),
+        };
+        let ids = db.insert(vec![row("old"), row("recent"), row("waiting")]);
+        let (old, recent) = (ids[0], ids[1]);
+        db.sql(move |tx| {
+            tx.execute(
+                "UPDATE workpool_jobs SET state = 'completed', finished_at = ?2 WHERE id = ?1",
+                params![old, now_ms() - 2 * 86_400_000],
+            )?;
+            tx.execute(
+                "UPDATE workpool_jobs SET state = 'failed', finished_at = ?2 WHERE id = ?1",
+                params![recent, now_ms()],
+            )
+        });
+        drop(db.ops.clone());
+        // A second writer on the file, with a retention of a day, prunes at start.
+        let pruner = start(Settings {
+            path: dir.join("t.db"),
+            full_sync: false,
+            lease: Duration::from_secs(30),
+            max_size: None,
+            retention: Some(Duration::from_secs(86_400)),
+        })
+        .unwrap();
+        let (tx, rx) = oneshot::channel();
+        pruner.send(Op::Flush(tx)).unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+        let left: Vec<i64> = db.sql(|tx| {
+            let mut stmt = tx.prepare("SELECT id FROM workpool_jobs ORDER BY id")?;
+            let ids = stmt.query_map([], |r| r.get(0))?.collect();
+            ids
+        });
+        assert_eq!(left, [ids[1], ids[2]]);
     }
 }

@@ -213,6 +213,7 @@ pub struct SqliteOptions {
     path: PathBuf,
     full_sync: bool,
     max_size: Option<u64>,
+    retention: Option<Duration>,
     lease: Duration,
     queue: String,
     poll: Duration,
@@ -232,6 +233,14 @@ impl SqliteOptions {
     /// still count until [`SqliteStore::prune`] removes them.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = Some(bytes);
+        self
+    }
+
+    /// How long finished jobs (completed, failed, cancelled) are kept
+    /// before the store deletes them (checked once a minute); default 24 h,
+    /// `None` to keep them until [`SqliteStore::prune`].
+    pub fn retention(mut self, keep: Option<Duration>) -> Self {
+        self.retention = keep;
         self
     }
 
@@ -269,6 +278,7 @@ impl SqliteOptions {
             full_sync: self.full_sync,
             lease: self.lease,
             max_size: self.max_size,
+            retention: self.retention,
         })?;
         Ok(SqliteStore {
             inner: Arc::new(Inner { ops, options: self }),
@@ -327,6 +337,7 @@ impl SqliteStore {
             path: path.as_ref().to_path_buf(),
             full_sync: false,
             max_size: None,
+            retention: Some(Duration::from_secs(24 * 3600)),
             lease: Duration::from_secs(30),
             queue: "default".into(),
             poll: Duration::from_millis(200),
@@ -569,13 +580,7 @@ impl SqliteStore {
     /// The delete failed.
     pub async fn prune(&self, age: Duration) -> Result<u64, StoreError> {
         let before = now_ms() - age.as_millis() as i64;
-        self.call(move |tx| {
-            tx.execute(
-                "DELETE FROM workpool_jobs WHERE state IN ('completed', 'failed', 'cancelled') AND finished_at < ?1",
-                [before],
-            )
-            .map(|n| n as u64)
-        })
-        .await
+        self.call(move |tx| db::prune(tx, before).map(|n| n as u64))
+            .await
     }
 }
