@@ -929,8 +929,7 @@ mod tests {
         rx.blocking_recv().unwrap().unwrap();
         let left: Vec<i64> = db.sql(|tx| {
             let mut stmt = tx.prepare("SELECT id FROM workpool_jobs ORDER BY id")?;
-            let ids = stmt.query_map([], |r| r.get(0))?.collect();
-            ids
+            stmt.query_map([], |r| r.get(0))?.collect()
         });
         assert_eq!(left, [ids[1], ids[2]]);
     }
