@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -q -p workpool-benchmarks --bin durable
+cargo build --release -q -p workpool-benchmarks --features durable --bin durable
 out=target/bench
 mkdir -p "$out"
 if [[ "${1:-}" == "--quick" ]]; then

@@ -90,7 +90,7 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Make failed or cancelled jobs available again, by ID or by state
     Retry(SelectArgs),
-    /// Cancel jobs that wait to run, by ID or by state
+    /// Cancel jobs, by ID or by state: waiting ones at once, running ones through their worker
     Cancel(SelectArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {

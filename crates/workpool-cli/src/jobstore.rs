@@ -208,7 +208,10 @@ pub async fn retry_or_cancel(args: SelectArgs, cancel: bool) -> Result<i32, Stri
     let store = open_existing(&args.db)?;
     let err = |e: workpool::store::sqlite::StoreError| e.to_string();
     let (verb, allowed): (&str, &[&str]) = match cancel {
-        true => ("cancelled", &["available", "scheduled", "retryable"]),
+        true => (
+            "cancelled",
+            &["available", "scheduled", "retryable", "running"],
+        ),
         false => ("made available", &["failed", "cancelled"]),
     };
     let mut done = 0u64;

@@ -2140,3 +2140,58 @@ fn run_db_killed_and_run_again_continues_where_it_stopped() {
     );
     assert_eq!(dir.read("out.txt"), "");
 }
+
+/// `workpool cancel` of a running job reaches the worker that runs it: the
+/// command is stopped and the job ends cancelled, not failed or retried.
+#[test]
+fn cancel_by_id_stops_a_running_job_in_its_worker() {
+    let dir = Dir::new("storecancel");
+    assert!(
+        wp(&dir, &["enqueue", "--db", "q.db"], b"slow\n")
+            .status
+            .success()
+    );
+    let mut w = Command::new(BIN)
+        .args([
+            "worker",
+            "--db",
+            "q.db",
+            "--retries",
+            "2",
+            "--kill-after",
+            "1s",
+            "--",
+        ])
+        .args(["sh", "-c", ": > started; exec sleep 30", "_", "{}"])
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&dir.path("started"));
+    let out = wp(&dir, &["cancel", "--db", "q.db", "--state", "running"], b"");
+    stderr_has(&out, "1 job cancelled");
+    let start = Instant::now();
+    loop {
+        let json = text(
+            &wp(
+                &dir,
+                &["jobs", "--db", "q.db", "--state", "cancelled", "--json"],
+                b"",
+            )
+            .stdout,
+        );
+        if json.lines().count() == 1 {
+            let row: Value = serde_json::from_str(json.trim()).unwrap();
+            assert_eq!(row["attempt"], 1, "not retried: {row}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the job was never cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(exit_within(&mut w, Duration::from_secs(20)), Some(143));
+}

@@ -406,3 +406,48 @@ fn two_processes_on_one_file_run_each_job_once() {
     assert_eq!(seen.len(), n);
     assert_eq!(pids.len(), 2, "both processes ran jobs");
 }
+
+/// A cancel by ID reaches a running job in the process that runs it: its
+/// signal fires, and it ends cancelled (not failed, not retried).
+#[tokio::test]
+async fn a_cancel_by_id_fires_the_running_jobs_signal() {
+    let db = TempDb::new("cancelrunning");
+    let store = db.open();
+    let started = Arc::new(Notify::new());
+    let s = started.clone();
+    let pool: Pool<Vec<u8>> = Pool::builder()
+        .workers(1)
+        .retry(RetryPolicy::attempts(3))
+        .store(store.clone())
+        .build(move |_job: Job<Vec<u8>>, ctx: JobContext| {
+            let s = s.clone();
+            async move {
+                s.notify_one();
+                ctx.cancelled().await;
+                Err::<(), _>(std::io::Error::other("told to stop"))
+            }
+        })
+        .unwrap();
+    let handle = pool.submit(Job::new(b"long".to_vec())).await.unwrap();
+    let id = handle.id().as_u64().unwrap();
+    started.notified().await;
+    // From another opening of the file, as `workpool cancel` would.
+    let other = db.open();
+    assert!(other.cancel(id).await.unwrap());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Cancelled { attempts: 1, .. }),
+        "{outcome:?}"
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+    store.flush().await.unwrap();
+    let rows = store.jobs(Some("cancelled"), 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].errors.contains("told to stop"),
+        "{}",
+        rows[0].errors
+    );
+}

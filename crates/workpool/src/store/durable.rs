@@ -220,6 +220,7 @@ impl<P: Send + 'static> DurableStore<P> {
         };
         self.held.fetch_add(1, Ordering::SeqCst);
         local.claimed.insert(row.id, row.attempt);
+        lock(self.db.running()).insert(row.id, Default::default());
         let mut job = Job::with_id(row.id as u64, payload);
         job.timeout = row.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
         let ticket = local.tickets.get(&row.id).copied();
@@ -237,6 +238,7 @@ impl<P: Send + 'static> DurableStore<P> {
             local.tickets.remove(&row);
         }
         drop(local);
+        lock(self.db.running()).remove(&row);
         self.held.fetch_sub(1, Ordering::SeqCst);
         attempt
     }
@@ -342,6 +344,24 @@ impl<P: Send + 'static> DurableStore<P> {
     pub(crate) async fn flush(&self) {
         if let Err(e) = self.db.flush().await {
             tracing::error!(target: "workpool", error = %e, "the job store could not write the last ends: those jobs run again");
+        }
+    }
+
+    /// The cancel signal a cancel by ID fires for this claimed job; for a
+    /// job with a handle, the handle's signal is fired instead.
+    pub(crate) fn cancel_ref(
+        &self,
+        q: &Queued<P>,
+        handle: Option<&crate::cancel::CancelRef>,
+    ) -> Option<crate::cancel::CancelRef> {
+        let running = lock(self.db.running());
+        let c = running.get(&row_of(q.job.id()))?;
+        match handle {
+            Some(h) => {
+                c.forward_to(h.clone());
+                None
+            }
+            None => Some(c.clone() as crate::cancel::CancelRef),
         }
     }
 

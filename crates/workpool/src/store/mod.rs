@@ -205,6 +205,17 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
         0
     }
 
+    /// A durable store's cancel by ID of a running job: the signal it fires
+    /// for a job without a handle (`None` if it has one: the store passes its
+    /// cancel on to `handle`'s signal instead).
+    fn cancel_ref(
+        &self,
+        _job: &Queued<P>,
+        _handle: Option<&crate::cancel::CancelRef>,
+    ) -> Option<crate::cancel::CancelRef> {
+        None
+    }
+
     /// Waits until a durable store has written down every end it was told
     /// of (shutdown's last step, so that a process that exits right after
     /// leaves nothing to run again).
@@ -389,6 +400,22 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
 
     fn durable(&self) -> bool {
         !matches!(self, AnyStore::Memory(_))
+    }
+
+    #[inline(always)]
+    fn cancel_ref(
+        &self,
+        job: &Queued<P>,
+        handle: Option<&crate::cancel::CancelRef>,
+    ) -> Option<crate::cancel::CancelRef> {
+        match self {
+            AnyStore::Memory(_) => {
+                let _ = (job, handle);
+                None
+            }
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => d.cancel_ref(job, handle),
+        }
     }
 
     fn held(&self) -> usize {

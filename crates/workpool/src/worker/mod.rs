@@ -80,6 +80,8 @@ struct Plan<P> {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     grace: Duration,
+    /// The store's cancel signal of a job without a handle, if it has one.
+    cancel: Option<crate::cancel::CancelRef>,
 }
 
 impl<P> Plan<P> {
@@ -90,6 +92,7 @@ impl<P> Plan<P> {
             timeout: None,
             deadline: None,
             grace: Duration::ZERO,
+            cancel: None,
         }
     }
 }
@@ -197,7 +200,11 @@ where
             core.finish(&self.shard, job.id().clone(), outcome, reply, started);
             return Start::Settled;
         }
-        let job_cancel = reply.as_ref().and_then(Reply::cancel_ref);
+        // A durable store can also cancel a running job by ID: its signal
+        // for a job without a handle, or passed on to the handle's.
+        let reply_cancel = reply.as_ref().and_then(Reply::cancel_ref);
+        self.plan.cancel = core.store().cancel_ref(queued, reply_cancel.as_ref());
+        let job_cancel = reply_cancel.or_else(|| self.plan.cancel.clone());
         let started = match started {
             None if core.config().timed => Some(Instant::now()),
             s => s,
@@ -273,7 +280,12 @@ where
         else {
             return;
         };
-        let cancelled = reply.as_ref().is_some_and(Reply::is_cancelled);
+        let cancelled = reply.as_ref().is_some_and(Reply::is_cancelled)
+            || self
+                .plan
+                .cancel
+                .take()
+                .is_some_and(|c| c.job_cancel().is_cancelled());
         let (outcome, retryable) = self.verdict(ended, &id, attempt, cancelled);
         let core = &*self.core;
         // What a durable store records of a failed attempt.

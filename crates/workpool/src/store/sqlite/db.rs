@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::cancel::{CancelRef, HoldsCancel, JobCancel};
 use tokio::sync::oneshot;
 
 use super::StoreError;
@@ -22,6 +27,7 @@ const MIGRATIONS: [&str; 1] = ["
         attempt INTEGER NOT NULL DEFAULT 0,
         max_attempts INTEGER NOT NULL,
         crashes INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
         priority INTEGER NOT NULL DEFAULT 0,
         run_at INTEGER NOT NULL,
         lease_until INTEGER,
@@ -143,7 +149,44 @@ pub(crate) struct Settings {
     pub(crate) max_size: Option<u64>,
     /// Finished jobs older than this are deleted (none if `None`).
     pub(crate) retention: Option<Duration>,
+    /// The cancel signals of this process's running jobs, by row.
+    pub(crate) running: Running,
 }
+
+/// The cancel signals of a process's running jobs, by row: the writer fires
+/// those whose cancel was asked for in the file.
+pub(crate) type Running = Arc<Mutex<HashMap<i64, Arc<RunningCancel>>>>;
+
+/// A running job's cancel signal, fired by a cancel by ID; for a job with
+/// a handle, passed on to the handle's signal.
+#[derive(Default)]
+pub(crate) struct RunningCancel {
+    own: JobCancel,
+    forward: Mutex<Option<CancelRef>>,
+}
+
+impl RunningCancel {
+    /// Fires the handle's signal too when this one fires.
+    pub(crate) fn forward_to(&self, handle: CancelRef) {
+        *crate::sync::lock(&self.forward) = Some(handle);
+    }
+
+    fn fire(&self) {
+        self.own.cancel();
+        if let Some(h) = &*crate::sync::lock(&self.forward) {
+            h.job_cancel().cancel();
+        }
+    }
+}
+
+impl HoldsCancel for RunningCancel {
+    fn job_cancel(&self) -> &JobCancel {
+        &self.own
+    }
+}
+
+/// How often the writer looks for cancels asked for its running jobs.
+const CANCEL_LOOK: Duration = Duration::from_millis(250);
 
 /// Opens (creating it readable by its owner only) and migrates the
 /// database, registers this process as an owner, rescues the jobs of owners
@@ -192,6 +235,7 @@ pub(crate) fn start(settings: Settings) -> Result<mpsc::Sender<Op>, StoreError> 
         owner,
         lease: settings.lease,
         retention: settings.retention,
+        running: settings.running,
     };
     std::thread::Builder::new()
         .name("workpool-sqlite".into())
@@ -362,6 +406,7 @@ struct Writer {
     owner: i64,
     lease: Duration,
     retention: Option<Duration>,
+    running: Running,
 }
 
 /// How often the writer deletes finished jobs past their retention.
@@ -395,8 +440,11 @@ impl Writer {
         let tick = (self.lease / 3).max(Duration::from_millis(10));
         let mut next_tick = Instant::now() + tick;
         let mut next_prune = Instant::now();
+        let mut next_cancel_look = Instant::now() + CANCEL_LOOK;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = next_tick
+                .min(next_cancel_look)
+                .saturating_duration_since(Instant::now());
             let mut batch = Vec::new();
             match rx.recv_timeout(wait) {
                 Ok(op) => batch.push(op),
@@ -418,6 +466,10 @@ impl Writer {
                 }
             }
             self.commit(batch, upkeep);
+            if Instant::now() >= next_cancel_look {
+                next_cancel_look = Instant::now() + CANCEL_LOOK;
+                self.fire_cancels();
+            }
         }
         // Every sender is gone: the store was closed. This process no longer
         // owns anything.
@@ -426,6 +478,31 @@ impl Writer {
             rescue(tx, "owner = :a", &[&owner], "its process stopped")?;
             tx.execute("DELETE FROM workpool_owners WHERE id = ?1", [owner])
         });
+    }
+
+    /// Fires the cancel signals of this process's running jobs whose cancel
+    /// was asked for (`SqliteStore::cancel` by ID, from any process).
+    fn fire_cancels(&mut self) {
+        if crate::sync::lock(&self.running).is_empty() {
+            return;
+        }
+        let owner = self.owner;
+        let asked = self.conn.prepare_cached(
+            "SELECT id FROM workpool_jobs WHERE owner = ?1 AND state = 'running' AND cancel_requested = 1",
+        );
+        let ids: Vec<i64> = match asked {
+            Ok(mut stmt) => match stmt.query_map([owner], |r| r.get(0)) {
+                Ok(rows) => rows.filter_map(Result::ok).collect(),
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let running = crate::sync::lock(&self.running);
+        for id in ids {
+            if let Some(c) = running.get(&id) {
+                c.fire();
+            }
+        }
     }
 
     /// One transaction for the whole batch; the results go out once it is
@@ -729,6 +806,7 @@ mod tests {
             lease,
             max_size: None,
             retention: None,
+            running: Running::default(),
         })
         .unwrap();
         Db { dir, ops }
@@ -877,6 +955,7 @@ mod tests {
             lease: Duration::from_secs(30),
             max_size: None,
             retention: None,
+            running: Running::default(),
         })
         .unwrap_err();
         assert!(
@@ -922,6 +1001,7 @@ mod tests {
             lease: Duration::from_secs(30),
             max_size: None,
             retention: Some(Duration::from_secs(86_400)),
+            running: Running::default(),
         })
         .unwrap();
         let (tx, rx) = oneshot::channel();

@@ -273,15 +273,21 @@ impl SqliteOptions {
     ///
     /// See [`SqliteStore::open`].
     pub fn open(self) -> Result<SqliteStore, StoreError> {
+        let running = db::Running::default();
         let ops = db::start(Settings {
             path: self.path.clone(),
             full_sync: self.full_sync,
             lease: self.lease,
             max_size: self.max_size,
             retention: self.retention,
+            running: running.clone(),
         })?;
         Ok(SqliteStore {
-            inner: Arc::new(Inner { ops, options: self }),
+            inner: Arc::new(Inner {
+                ops,
+                running,
+                options: self,
+            }),
         })
     }
 }
@@ -306,6 +312,8 @@ pub struct SqliteStore {
 
 struct Inner {
     ops: mpsc::Sender<Op>,
+    /// The cancel signals of this process's running jobs (see `db.rs`).
+    running: db::Running,
     options: SqliteOptions,
 }
 
@@ -355,6 +363,10 @@ impl SqliteStore {
 
     pub(crate) fn poll_interval(&self) -> Duration {
         self.inner.options.poll
+    }
+
+    pub(crate) fn running(&self) -> &db::Running {
+        &self.inner.running
     }
 
     pub(crate) fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -477,20 +489,27 @@ impl SqliteStore {
         .await
     }
 
-    /// Cancels a job that waits to run; returns whether it did. (A running
-    /// job is cancelled through its pool: its handle, or shutdown.)
+    /// Cancels a job: one that waits ends `cancelled` at once; one that
+    /// runs gets its cancel signal ([`JobContext::cancelled`](crate::JobContext::cancelled))
+    /// in the process that runs it, within a quarter of a second, and ends
+    /// `cancelled` unless it finishes anyway. Returns whether the job was
+    /// waiting or running.
     ///
     /// # Errors
     ///
     /// The update failed.
     pub async fn cancel(&self, id: u64) -> Result<bool, StoreError> {
         self.call(move |tx| {
-            tx.execute(
+            let waiting = tx.execute(
                 "UPDATE workpool_jobs SET state = 'cancelled', finished_at = ?2
                   WHERE id = ?1 AND state IN ('available', 'scheduled', 'retryable')",
                 rusqlite::params![id as i64, now_ms()],
-            )
-            .map(|n| n > 0)
+            )?;
+            let running = tx.execute(
+                "UPDATE workpool_jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
+                [id as i64],
+            )?;
+            Ok(waiting + running > 0)
         })
         .await
     }
@@ -515,7 +534,8 @@ impl SqliteStore {
     }
 
     /// Cancels every job in `state` (`available`, `scheduled` or
-    /// `retryable`: jobs that wait); returns how many.
+    /// `retryable`: jobs that wait; or `running`, as [`cancel`](Self::cancel)
+    /// cancels one); returns how many.
     ///
     /// # Errors
     ///
@@ -523,12 +543,16 @@ impl SqliteStore {
     pub async fn cancel_all(&self, state: &str) -> Result<u64, StoreError> {
         let state = state.to_string();
         self.call(move |tx| {
-            tx.execute(
+            let waiting = tx.execute(
                 "UPDATE workpool_jobs SET state = 'cancelled', finished_at = ?2
                   WHERE state = ?1 AND state IN ('available', 'scheduled', 'retryable')",
                 rusqlite::params![state, now_ms()],
-            )
-            .map(|n| n as u64)
+            )?;
+            let running = tx.execute(
+                "UPDATE workpool_jobs SET cancel_requested = 1 WHERE state = ?1 AND state = 'running'",
+                [&state],
+            )?;
+            Ok((waiting + running) as u64)
         })
         .await
     }
