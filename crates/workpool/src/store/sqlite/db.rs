@@ -796,19 +796,22 @@ mod tests {
         }
     }
 
-    fn open(name: &str, lease: Duration) -> Db {
-        let dir = std::env::temp_dir().join(format!("workpool-db-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ops = start(Settings {
+    fn settings(dir: &Path, lease: Duration) -> Settings {
+        Settings {
             path: dir.join("t.db"),
             full_sync: false,
             lease,
             max_size: None,
             retention: None,
             running: Running::default(),
-        })
-        .unwrap();
+        }
+    }
+
+    fn open(name: &str, lease: Duration) -> Db {
+        let dir = std::env::temp_dir().join(format!("workpool-db-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ops = start(settings(&dir, lease)).unwrap();
         Db { dir, ops }
     }
 
@@ -949,15 +952,7 @@ mod tests {
     fn a_file_from_a_newer_workpool_is_refused_untouched() {
         let db = open("newer", Duration::from_secs(30));
         db.sql(|tx| tx.execute_batch("PRAGMA user_version = 99"));
-        let err = start(Settings {
-            path: db.dir.join("t.db"),
-            full_sync: false,
-            lease: Duration::from_secs(30),
-            max_size: None,
-            retention: None,
-            running: Running::default(),
-        })
-        .unwrap_err();
+        let err = start(settings(&db.dir, Duration::from_secs(30))).unwrap_err();
         assert!(
             matches!(err, StoreError::NewerSchema { found: 99, .. }),
             "{err}"
@@ -971,14 +966,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = Db {
-            ops: start(Settings {
-                path: dir.join("t.db"),
-                full_sync: false,
-                lease: Duration::from_secs(30),
-                max_size: None,
-                retention: None,
-            })
-            .unwrap(),
+            ops: start(settings(&dir, Duration::from_secs(30))).unwrap(),
             dir: dir.clone(),
         };
         let ids = db.insert(vec![row("old"), row("recent"), row("waiting")]);
@@ -996,12 +984,8 @@ mod tests {
         drop(db.ops.clone());
         // A second writer on the file, with a retention of a day, prunes at start.
         let pruner = start(Settings {
-            path: dir.join("t.db"),
-            full_sync: false,
-            lease: Duration::from_secs(30),
-            max_size: None,
             retention: Some(Duration::from_secs(86_400)),
-            running: Running::default(),
+            ..settings(&dir, Duration::from_secs(30))
         })
         .unwrap();
         let (tx, rx) = oneshot::channel();
