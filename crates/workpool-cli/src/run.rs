@@ -237,20 +237,17 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
 
     let window = Arc::new(Semaphore::new(window_size(jobs, args.keep_order)));
     let bar = progress_bar(args.bar);
-    let reporter = Reporter {
-        keep_order: args.keep_order,
+    let reporter = reporter_for(
+        &args,
         joblog,
-        bar: bar.clone(),
-        window: window.clone(),
-        timeout: args.job.timeout,
-        stop: stop_tx.clone(),
-        // With --line-buffer, lines are tagged as they are passed on.
-        tag: args.tag && !args.line_buffer,
-        results: args.results.as_deref().map(crate::results::Results::new),
+        bar.clone(),
+        window.clone(),
+        stop_tx.clone(),
         line_budget,
-    }
+    )
     .spawn(events_rx)
     .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
+
     // The reader: streams records into the pool, waiting when the queue is full.
     let stop_reading = CancellationToken::new();
     let (alive_tx, alive) = mpsc::channel::<()>(1);
@@ -451,6 +448,30 @@ pub(crate) fn jobs_of(args: &RunArgs) -> usize {
     args.job
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The reporter of a run: the flags' output settings, `window` the permits
+/// of outputs not yet printed.
+pub(crate) fn reporter_for(
+    args: &RunArgs,
+    joblog: Option<JobLog>,
+    bar: Option<indicatif::ProgressBar>,
+    window: Arc<Semaphore>,
+    stop: mpsc::UnboundedSender<Stop>,
+    line_budget: Arc<Semaphore>,
+) -> Reporter {
+    Reporter {
+        keep_order: args.keep_order,
+        joblog,
+        bar,
+        window,
+        timeout: args.job.timeout,
+        stop,
+        // With --line-buffer, lines are tagged as they are passed on.
+        tag: args.tag && !args.line_buffer,
+        results: args.results.as_deref().map(crate::results::Results::new),
+        line_budget,
+    }
 }
 
 /// Where the jobs' output goes: captured (the default), passed on line by

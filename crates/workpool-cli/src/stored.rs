@@ -20,7 +20,7 @@ use workpool::store::sqlite::{NewJob, SqliteStore};
 
 use crate::capture::LINE_BUDGET;
 use crate::cli::RunArgs;
-use crate::report::{Event, Reporter, Stop, progress_bar, say};
+use crate::report::{Event, Stop, progress_bar, say};
 use crate::run;
 use crate::sources::{Jobs, Values};
 
@@ -45,19 +45,12 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let line_budget = Arc::new(Semaphore::new(LINE_BUDGET));
     let output = run::output_mode(&args, &events, &line_budget);
     let state = run::new_state(&args, jobs, template, output, stop_tx.clone());
-    let reporter = Reporter {
-        keep_order: false,
-        joblog,
-        bar: progress_bar(args.bar),
-        window: Arc::new(Semaphore::new(0)),
-        timeout: args.job.timeout,
-        stop: stop_tx.clone(),
-        tag: args.tag && !args.line_buffer,
-        results: args.results.as_deref().map(crate::results::Results::new),
-        line_budget,
-    }
-    .spawn(events_rx)
-    .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
+    // No window: outputs wait in the file, not in memory (-k is refused).
+    let window = Arc::new(Semaphore::new(0));
+    let bar = progress_bar(args.bar);
+    let reporter = run::reporter_for(&args, joblog, bar, window, stop_tx.clone(), line_budget)
+        .spawn(events_rx)
+        .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
     // Jobs already in the file may run here before the reader reaches
     // their records: those are remembered, not reported skipped too.
     let newest = store.jobs(None, 1).await.map_err(|e| e.to_string())?;

@@ -1983,6 +1983,19 @@ fn job_store_input_errors_are_usage_errors() {
     stderr_has(&out, "not a database");
 }
 
+/// `workpool worker --db q.db FLAGS -- sh -c SCRIPT _ {}` in `dir`.
+fn spawn_worker(dir: &Dir, flags: &[&str], script: &str) -> Child {
+    Command::new(BIN)
+        .args(["worker", "--db", "q.db"])
+        .args(flags)
+        .args(["--", "sh", "-c", script, "_", "{}"])
+        .current_dir(&dir.0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Two workers share a store: each job runs once. A signal stops a worker:
 /// its running job goes back to the store, exit 130.
 #[test]
@@ -1995,22 +2008,11 @@ fn workers_share_a_store_and_a_signal_puts_running_jobs_back() {
             .success()
     );
     let worker = || {
-        Command::new(BIN)
-            .args([
-                "worker",
-                "--db",
-                "q.db",
-                "-j",
-                "3",
-                "--exit-when-empty",
-                "--",
-            ])
-            .args(["sh", "-c", "echo \"$1\" >> ran.txt", "_", "{}"])
-            .current_dir(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        spawn_worker(
+            &dir,
+            &["-j", "3", "--exit-when-empty"],
+            "echo \"$1\" >> ran.txt",
+        )
     };
     let (a, b) = (worker(), worker());
     for w in [a, b] {
@@ -2031,14 +2033,7 @@ fn workers_share_a_store_and_a_signal_puts_running_jobs_back() {
             .status
             .success()
     );
-    let mut w = Command::new(BIN)
-        .args(["worker", "--db", "q.db", "--shutdown-timeout", "1s", "--"])
-        .args(["sh", "-c", ": > started; sleep 30", "_", "{}"])
-        .current_dir(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut w = spawn_worker(&dir, &["--shutdown-timeout", "1s"], ": > started; sleep 30");
     wait_for(&dir.path("started"));
     signal(&w, nix::sys::signal::Signal::SIGINT);
     assert_eq!(exit_within(&mut w, Duration::from_secs(20)), Some(130));
@@ -2151,23 +2146,11 @@ fn cancel_by_id_stops_a_running_job_in_its_worker() {
             .status
             .success()
     );
-    let mut w = Command::new(BIN)
-        .args([
-            "worker",
-            "--db",
-            "q.db",
-            "--retries",
-            "2",
-            "--kill-after",
-            "1s",
-            "--",
-        ])
-        .args(["sh", "-c", ": > started; exec sleep 30", "_", "{}"])
-        .current_dir(&dir.0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut w = spawn_worker(
+        &dir,
+        &["--retries", "2", "--kill-after", "1s"],
+        ": > started; exec sleep 30",
+    );
     wait_for(&dir.path("started"));
     let out = wp(&dir, &["cancel", "--db", "q.db", "--state", "running"], b"");
     stderr_has(&out, "1 job cancelled");

@@ -39,6 +39,27 @@ impl Drop for TempDb {
     }
 }
 
+/// One worker whose jobs say they started, then wait for their cancel
+/// signal and fail with "stopped".
+fn waiting_pool(store: &SqliteStore, retry: RetryPolicy) -> (Pool<Vec<u8>>, Arc<Notify>) {
+    let started = Arc::new(Notify::new());
+    let s = started.clone();
+    let pool = Pool::builder()
+        .workers(1)
+        .retry(retry)
+        .store(store.clone())
+        .build(move |_job: Job<Vec<u8>>, ctx: JobContext| {
+            let s = s.clone();
+            async move {
+                s.notify_one();
+                ctx.cancelled().await;
+                Err::<(), _>(std::io::Error::other("stopped"))
+            }
+        })
+        .unwrap();
+    (pool, started)
+}
+
 async fn count(store: &SqliteStore, state: &str) -> u64 {
     store
         .counts()
@@ -116,20 +137,7 @@ async fn jobs_left_in_the_file_run_in_the_next_pool() {
 async fn shutdown_without_draining_releases_what_did_not_finish() {
     let db = TempDb::new("release");
     let store = db.open();
-    let started = Arc::new(Notify::new());
-    let s = started.clone();
-    let pool: Pool<Vec<u8>> = Pool::builder()
-        .workers(1)
-        .store(store.clone())
-        .build(move |_job: Job<Vec<u8>>, ctx: JobContext| {
-            let s = s.clone();
-            async move {
-                s.notify_one();
-                ctx.cancelled().await;
-                Err::<(), _>(std::io::Error::other("stopped"))
-            }
-        })
-        .unwrap();
+    let (pool, started) = waiting_pool(&store, RetryPolicy::attempts(1));
     for i in 0..5u8 {
         pool.submit_detached(Job::new(vec![i])).await.unwrap();
     }
@@ -413,21 +421,7 @@ fn two_processes_on_one_file_run_each_job_once() {
 async fn a_cancel_by_id_fires_the_running_jobs_signal() {
     let db = TempDb::new("cancelrunning");
     let store = db.open();
-    let started = Arc::new(Notify::new());
-    let s = started.clone();
-    let pool: Pool<Vec<u8>> = Pool::builder()
-        .workers(1)
-        .retry(RetryPolicy::attempts(3))
-        .store(store.clone())
-        .build(move |_job: Job<Vec<u8>>, ctx: JobContext| {
-            let s = s.clone();
-            async move {
-                s.notify_one();
-                ctx.cancelled().await;
-                Err::<(), _>(std::io::Error::other("told to stop"))
-            }
-        })
-        .unwrap();
+    let (pool, started) = waiting_pool(&store, RetryPolicy::attempts(3));
     let handle = pool.submit(Job::new(b"long".to_vec())).await.unwrap();
     let id = handle.id().as_u64().unwrap();
     started.notified().await;
@@ -445,9 +439,5 @@ async fn a_cancel_by_id_fires_the_running_jobs_signal() {
     store.flush().await.unwrap();
     let rows = store.jobs(Some("cancelled"), 10).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert!(
-        rows[0].errors.contains("told to stop"),
-        "{}",
-        rows[0].errors
-    );
+    assert!(rows[0].errors.contains("stopped"), "{}", rows[0].errors);
 }
