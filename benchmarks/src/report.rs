@@ -289,11 +289,17 @@ pub(crate) fn markdown(
         "\nShutdown (workpool): {:.1} µs for an idle pool of 8 workers; {:.1} ms for 8 jobs that ignore cancellation with timeout 50 ms + grace 50 ms (floor 100 ms).\n",
         shutdown.idle_us, shutdown.deaf_ms
     );
+    ending(&mut s);
+    s
+}
+
+/// The chart, the durable store's section (written by
+/// `benchmarks/durable.sh`) and how to reproduce it all.
+fn ending(s: &mut String) {
     let _ = writeln!(
         s,
         "## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
     );
-    // The durable store's section, written by `benchmarks/durable.sh`.
     if let Ok(durable) = std::fs::read_to_string("benchmarks/durable-results.md") {
         let _ = writeln!(s, "{}", durable.trim_end());
         let _ = writeln!(s);
@@ -302,7 +308,6 @@ pub(crate) fn markdown(
         s,
         "## Reproduce\n\n`benchmarks/run.sh` writes this file and the chart (it needs Go: Debian's `golang-go`); `--quick` is CI's smoke run. `benchmarks/instructions.sh` prints instructions per job under callgrind, the stable guard for changes to the hot path. `benchmarks/cli.sh` measures `workpool run` against `xargs -P`, GNU parallel and rust-parallel: [benchmarks/cli-results.md](benchmarks/cli-results.md). `benchmarks/durable.sh` measures the SQLite store against SQLite itself and writes the durable store's section above. What was tried on the hot path, and what it gave: [benchmarks/NOTES.md](benchmarks/NOTES.md)."
     );
-    s
 }
 
 /// One colour per strategy and one for the Go pattern.
