@@ -160,9 +160,16 @@ impl<P: Send + 'static> DurableStore<P> {
             };
             match fetch {
                 Some(n) => {
+                    drop(notified);
                     if self.fetch(n).await == 0 {
+                        // Nothing ready: sleep a poll interval, or until this
+                        // process enqueues (`notify_one` keeps its permit for
+                        // a listener that comes late). Not on the `notified`
+                        // from before the fetch: the fetch's own
+                        // `notify_waiters` would wake it at once, and an idle
+                        // pool would ask the file without pause.
                         let poll = self.db.poll_interval();
-                        let _ = tokio::time::timeout(poll, notified).await;
+                        let _ = tokio::time::timeout(poll, self.wake.notified()).await;
                     }
                 }
                 None => {
@@ -199,7 +206,11 @@ impl<P: Send + 'static> DurableStore<P> {
             }
         }
         drop(local);
-        self.wake.notify_waiters();
+        // Wake the other waiting claimers only for jobs: woken for nothing,
+        // they would each fetch in turn, without pause.
+        if got > 0 {
+            self.wake.notify_waiters();
+        }
         got
     }
 
