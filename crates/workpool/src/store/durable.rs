@@ -160,7 +160,6 @@ impl<P: Send + 'static> DurableStore<P> {
             };
             match fetch {
                 Some(n) => {
-                    drop(notified);
                     if self.fetch(n).await == 0 {
                         // Nothing ready: sleep a poll interval, or until this
                         // process enqueues (`notify_one` keeps its permit for
