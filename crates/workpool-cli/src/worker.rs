@@ -29,6 +29,10 @@ use crate::template::{Spread, Template};
 /// ends, so this only bounds the memory of captured output per job.
 const WINDOW: usize = 64;
 
+/// The most workers over a job store: unlike `run`'s, which start as
+/// records come, they all start at once and wait on the file.
+const MAX_WORKERS: usize = 4096;
+
 /// What each job's last attempt left (with its number and values), until
 /// the outcome hook takes it.
 type Attempts = Arc<Mutex<HashMap<JobId, (u64, Values, Attempted)>>>;
@@ -184,6 +188,11 @@ pub(crate) fn build(
     unpack: Unpack,
     finished: Option<Finished>,
 ) -> Result<Pool<Vec<u8>>, String> {
+    if jobs > MAX_WORKERS {
+        return Err(format!(
+            "-j {jobs}: at most {MAX_WORKERS} workers run on a job store (each waits on the file from the start)"
+        ));
+    }
     let attempts: Attempts = Arc::default();
     let kept = attempts.clone();
     let mut builder = Pool::builder()

@@ -1967,6 +1967,10 @@ fn job_store_input_errors_are_usage_errors() {
             "invalid time",
         ),
         (&["cancel", "--db", "q.db"][..], "required"),
+        (
+            &["worker", "--db", "q.db", "-j", "1000000", "true"][..],
+            "at most",
+        ),
     ] {
         let out = wp(&dir, args, b"");
         assert_eq!(

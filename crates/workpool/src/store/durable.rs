@@ -31,7 +31,10 @@ pub(crate) struct DurableStore<P> {
     /// Attempts a job gets, from the pool's retry policy.
     max_attempts: u32,
     local: Mutex<Local<P>>,
+    /// Wakes claimers waiting for the poller's fetch.
     wake: Notify,
+    /// Wakes the poller: a job was enqueued here, or the store closed.
+    poke: Notify,
     /// Claimed jobs not yet settled (completed, retried, released).
     held: AtomicUsize,
     closed: AtomicBool,
@@ -40,7 +43,7 @@ pub(crate) struct DurableStore<P> {
 struct Local<P> {
     /// Claimed, not yet started.
     buffer: VecDeque<Queued<P>>,
-    /// A claimer is fetching from the database.
+    /// A claimer is the poller (see `claim`).
     fetching: bool,
     /// Claimers waiting for a fetch.
     waiting: usize,
@@ -61,6 +64,7 @@ impl<P> DurableStore<P> {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
+        self.poke.notify_one();
     }
 }
 
@@ -85,6 +89,7 @@ impl<P: Send + 'static> DurableStore<P> {
                 claimed: HashMap::new(),
             }),
             wake: Notify::new(),
+            poke: Notify::new(),
             held: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         }
@@ -118,7 +123,7 @@ impl<P: Send + 'static> DurableStore<P> {
                 }
                 local.more = true;
                 drop(local);
-                self.wake.notify_one();
+                self.poke.notify_one();
                 Ok(JobId::from(id as u64))
             }
             Err(e) => {
@@ -132,47 +137,58 @@ impl<P: Send + 'static> DurableStore<P> {
         lock(&self.local).buffer.pop_front()
     }
 
-    /// Waits for a job: from the buffer, or fetched (one claimer fetches at
-    /// a time, as many as are waiting), or after a poll interval.
+    /// Waits for a job: from the buffer, or fetched. One claimer at a time
+    /// is the poller: it fetches for everyone waiting, and when the file has
+    /// nothing ready it sleeps a poll interval (or until this process
+    /// enqueues) and fetches again. The others sleep until a fetch brings
+    /// jobs, the poller hands its role on, or the store closes, so idle
+    /// workers cost one query per poll interval, however many they are.
     pub(crate) async fn claim(&self, interrupted: impl Fn() -> bool) -> Claim<P> {
+        let mut poller = false;
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let fetch = {
                 let mut local = lock(&self.local);
-                if let Some(q) = local.buffer.pop_front() {
-                    return Claim::Job(q);
+                let done = if let Some(q) = local.buffer.pop_front() {
+                    Some(Claim::Job(q))
+                } else if self.closed.load(Ordering::SeqCst) {
+                    Some(Claim::Closed)
+                } else if interrupted() {
+                    Some(Claim::Interrupted)
+                } else {
+                    None
+                };
+                if let Some(claim) = done {
+                    if poller {
+                        // Another waiter takes the role on.
+                        local.fetching = false;
+                        drop(local);
+                        self.wake.notify_one();
+                    }
+                    return claim;
                 }
-                if self.closed.load(Ordering::SeqCst) {
-                    return Claim::Closed;
-                }
-                if interrupted() {
-                    return Claim::Interrupted;
-                }
-                if local.fetching {
+                if poller || !local.fetching {
+                    local.fetching = true;
+                    poller = true;
+                    Some((local.waiting + 1).min(MAX_CLAIM))
+                } else {
                     local.waiting += 1;
                     None
-                } else {
-                    local.fetching = true;
-                    Some((local.waiting + 1).min(MAX_CLAIM))
                 }
             };
             match fetch {
                 Some(n) => {
                     if self.fetch(n).await == 0 {
-                        // Nothing ready: sleep a poll interval, or until this
-                        // process enqueues (`notify_one` keeps its permit for
-                        // a listener that comes late). Not on the `notified`
-                        // from before the fetch: the fetch's own
-                        // `notify_waiters` would wake it at once, and an idle
-                        // pool would ask the file without pause.
+                        // Nothing ready. `poke` keeps an enqueue's wake-up
+                        // for a poller that was busy fetching.
                         let poll = self.db.poll_interval();
-                        let _ = tokio::time::timeout(poll, self.wake.notified()).await;
+                        let _ = tokio::time::timeout(poll, self.poke.notified()).await;
                     }
                 }
                 None => {
-                    let _ = tokio::time::timeout(self.db.poll_interval(), notified).await;
+                    notified.await;
                     lock(&self.local).waiting -= 1;
                 }
             }
@@ -197,7 +213,6 @@ impl<P: Send + 'static> DurableStore<P> {
         });
         let got = rows.len();
         let mut local = lock(&self.local);
-        local.fetching = false;
         local.more = got == n;
         for row in rows {
             if let Some(q) = self.to_queued(row, &mut local) {
@@ -333,6 +348,7 @@ impl<P: Send + 'static> DurableStore<P> {
 
     pub(crate) fn wake_claimers(&self) {
         self.wake.notify_waiters();
+        self.poke.notify_one();
     }
 
     /// A claimed job that did not start, released to the database (the
