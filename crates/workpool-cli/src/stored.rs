@@ -51,6 +51,10 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let reporter = run::reporter_for(&args, joblog, bar, window, stop_tx.clone(), line_budget)
         .spawn(events_rx)
         .map_err(|e| format!("cannot start the reporter thread: {e}"))?;
+    // The records the file already holds are read and checked before
+    // anything runs: a changed input runs nothing.
+    let mut inputs = inputs;
+    let (seq, ended) = check_known(&mut inputs, &store, &queue, &events).await?;
     // Jobs already in the file may run here before the reader reaches
     // their records: those are remembered, not reported skipped too.
     let newest = store.jobs(None, 1).await.map_err(|e| e.to_string())?;
@@ -68,7 +72,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         Some(finished.clone()),
     )?;
     let reader = tokio::spawn(store_records(
-        inputs,
+        Reading { inputs, seq, ended },
         store,
         queue,
         events.clone(),
@@ -143,22 +147,110 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The input, with the records read so far, and whether it ended.
+struct Reading {
+    inputs: Jobs,
+    seq: u64,
+    ended: bool,
+}
+
+/// Why a run stops when record `seq` is not the one stored under its number.
+fn changed(seq: u64) -> String {
+    format!(
+        "record {seq} is not the one this run stored under its number: the input changed since the run began; give a new --db file (or remove the old one) to start over"
+    )
+}
+
+/// Records per transaction while the records the file knows are checked.
+const CHECK_BATCH: usize = 512;
+
+/// Reads the records the file already holds for this run (as many as its
+/// queue has jobs) and checks each against the one stored under its
+/// number, in batches; reports those an earlier run finished. Returns the
+/// records read and whether the input ended.
+///
+/// # Errors
+///
+/// The input cannot be read, the file cannot be asked, or a record is not
+/// the one stored under its number (the input changed).
+async fn check_known(
+    inputs: &mut Jobs,
+    store: &SqliteStore,
+    queue: &str,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<(u64, bool), String> {
+    let counts = store.counts().await.map_err(|e| e.to_string())?;
+    let known: u64 = counts
+        .iter()
+        .filter(|c| c.queue == queue)
+        .map(|c| c.count)
+        .sum();
+    let mut seq = 0u64;
+    while seq < known {
+        let mut jobs = Vec::new();
+        let mut ended = false;
+        while jobs.len() < CHECK_BATCH && seq + (jobs.len() as u64) < known {
+            match inputs
+                .next()
+                .await
+                .map_err(|e| format!("reading input failed: {e}"))?
+            {
+                Some(values) => {
+                    let n = seq + jobs.len() as u64 + 1;
+                    jobs.push(NewJob::new(pack(n, &values)).unique_key(n.to_string()));
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let found = store
+            .enqueue_unique(jobs)
+            .await
+            .map_err(|e| e.to_string())?;
+        for f in found {
+            seq += 1;
+            if !f.same_payload {
+                return Err(changed(seq));
+            }
+            if let Some(state @ ("completed" | "failed" | "cancelled")) = f.existing.as_deref() {
+                let _ = events.send(Event::Skipped {
+                    failed: state != "completed",
+                });
+            }
+        }
+        if ended {
+            return Ok((seq, true));
+        }
+    }
+    Ok((seq, false))
+}
+
 /// Stores each record as it is read, under its number, telling the
 /// reporter about those an earlier run finished; then waits until the
 /// queue holds nothing that may still run.
 async fn store_records(
-    mut inputs: Jobs,
+    reading: Reading,
     store: SqliteStore,
     queue: String,
     events: mpsc::UnboundedSender<Event>,
     stop: mpsc::UnboundedSender<Stop>,
     finished: crate::worker::Finished,
 ) {
-    let mut seq = 0u64;
-    loop {
+    let Reading {
+        mut inputs,
+        mut seq,
+        ended,
+    } = reading;
+    let mut ended = ended;
+    while !ended {
         let values = match inputs.next().await {
             Ok(Some(v)) => v,
-            Ok(None) => break,
+            Ok(None) => {
+                ended = true;
+                continue;
+            }
             Err(e) => {
                 let _ = stop.send(Stop::InputFailed(format!("reading input failed: {e}")));
                 return;
@@ -175,6 +267,10 @@ async fn store_records(
                 return;
             }
         };
+        if !found.same_payload {
+            let _ = stop.send(Stop::InputFailed(changed(seq)));
+            return;
+        }
         if let Some(state @ ("completed" | "failed" | "cancelled")) = found.existing.as_deref()
             && !finished.ran_here(found.id)
         {

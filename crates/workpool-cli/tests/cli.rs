@@ -2129,6 +2129,12 @@ fn run_db_killed_and_run_again_continues_where_it_stopped() {
         })
         .sum();
     assert_eq!(counted, 300, "{err}");
+    // Another input under the same command line is refused, naming the
+    // first record that differs; nothing runs.
+    let changed = input.replace("\n7\n", "\nseven\n");
+    let out = run(&dir, &args, changed.as_bytes());
+    assert_eq!(out.status.code(), Some(2));
+    stderr_has(&out, "record 7 is not the one this run stored");
     // Over: run again, nothing runs, and the failure still shows.
     std::fs::remove_file(dir.path("out.txt")).unwrap();
     let out = run(&dir, &args, input.as_bytes());
@@ -2181,4 +2187,39 @@ fn cancel_by_id_stops_a_running_job_in_its_worker() {
     }
     signal(&w, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(exit_within(&mut w, Duration::from_secs(20)), Some(143));
+}
+
+/// A `run --db` whose input changed since the store was written runs
+/// nothing: every record the store knows is checked first.
+#[test]
+fn run_db_refuses_a_changed_input_before_running_anything() {
+    let dir = Dir::new("rundbchanged");
+    let script = "echo \"$1\" >> started; while [ ! -e go ]; do sleep 0.01; done";
+    let args = [
+        "--db", "r.db", "-j", "1", "--", "sh", "-c", script, "_", "{}",
+    ];
+    let mut child = workpool(&dir, &args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a\nb\nc\n").unwrap();
+    wait_for(&dir.path("started"));
+    // Every record is stored as read: wait until the store has all three.
+    let start = Instant::now();
+    while !text(&wp(&dir, &["status", "--db", "r.db"], b"").stdout).contains(" 2\n") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "records never stored"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = run(&dir, &args, b"a\nB\nc\n");
+    std::fs::write(dir.path("go"), "").unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    stderr_has(&out, "record 2 is not the one this run stored");
+    assert_eq!(dir.read("started"), "a\n", "nothing ran again");
 }

@@ -78,6 +78,8 @@ pub(crate) struct NewRow {
 pub(crate) struct Inserted {
     pub(crate) id: i64,
     pub(crate) existing: Option<String>,
+    /// For a job already there: whether its payload is the one given now.
+    pub(crate) same_payload: bool,
 }
 
 /// A job a claim took: now `running`, leased to this process.
@@ -666,12 +668,13 @@ fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<V
         let found = match (inserted, &row.unique_key) {
             (0, Some(key)) => tx
                 .query_row(
-                    "SELECT id, state FROM workpool_jobs WHERE queue = ?1 AND unique_key = ?2",
-                    params![row.queue, key],
+                    "SELECT id, state, payload = ?3 FROM workpool_jobs WHERE queue = ?1 AND unique_key = ?2",
+                    params![row.queue, key, row.payload],
                     |r| {
                         Ok(Inserted {
                             id: r.get(0)?,
                             existing: Some(r.get(1)?),
+                            same_payload: r.get(2)?,
                         })
                     },
                 )
@@ -681,6 +684,7 @@ fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<V
         ids.push(found.unwrap_or(Inserted {
             id: tx.last_insert_rowid(),
             existing: None,
+            same_payload: true,
         }));
     }
     Ok(ids)

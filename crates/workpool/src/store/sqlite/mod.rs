@@ -94,6 +94,9 @@ pub struct Enqueued {
     /// `None` if it was stored now; the state of the job already there with
     /// its unique key otherwise.
     pub existing: Option<String>,
+    /// Whether the job already there has the payload given now (always
+    /// true for a job stored now).
+    pub same_payload: bool,
 }
 
 /// Jobs in one queue and state.
@@ -411,6 +414,7 @@ impl SqliteStore {
             .map(|i| Enqueued {
                 id: i.id as u64,
                 existing: i.existing,
+                same_payload: i.same_payload,
             })
             .collect())
     }
