@@ -79,7 +79,10 @@ impl<P: Send + 'static, T: Send + 'static> PoolBuilder<P, T> {
     /// returned by `submit` has it; an ID given to [`Job::with_id`] is not
     /// kept), `try_submit` always answers `Full` (a commit is awaited:
     /// use `submit`), `queue_capacity` does not apply, and a shutdown hands
-    /// back no job: what did not run stays in the store.
+    /// back no job: what did not run stays in the store. A draining
+    /// [`shutdown`](Pool::shutdown) runs what the store has ready; jobs
+    /// scheduled for later (retries waiting out their backoff among them)
+    /// stay in the store for the next pool.
     #[cfg(feature = "sqlite")]
     pub fn store(mut self, store: crate::store::sqlite::SqliteStore) -> Self
     where
