@@ -441,3 +441,38 @@ async fn a_cancel_by_id_fires_the_running_jobs_signal() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].errors.contains("stopped"), "{}", rows[0].errors);
 }
+
+/// A job submitted here that waits in the file to retry when the pool
+/// stops: its handle resolves at shutdown (unstarted, with the job), and
+/// the job stays in the file, retryable, for the next pool.
+#[tokio::test]
+async fn a_handle_whose_job_waits_to_retry_resolves_at_shutdown() {
+    let db = TempDb::new("retrywaits");
+    let store = db.open();
+    // A backoff drawn from up to a century: the retry is not due in this test.
+    let century = Duration::from_secs(100 * 365 * 86_400);
+    let pool: Pool<Vec<u8>> = Pool::builder()
+        .workers(1)
+        .retry(RetryPolicy::attempts(3).with_backoff(century, century))
+        .store(store.clone())
+        .build(|_job: Job<Vec<u8>>, _ctx: JobContext| async {
+            Err::<(), _>(std::io::Error::other("not yet"))
+        })
+        .unwrap();
+    let handle = pool.submit(Job::new(b"later".to_vec())).await.unwrap();
+    while count(&store, "retryable").await == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pool.shutdown(Duration::from_secs(5)).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("the handle resolves at shutdown");
+    match outcome {
+        Outcome::Unstarted { job, attempts } => {
+            assert_eq!((job.payload().as_slice(), attempts), (&b"later"[..], 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    store.flush().await.unwrap();
+    assert_eq!(count(&store, "retryable").await, 1, "it stays in the file");
+}

@@ -54,6 +54,9 @@ struct Local<P> {
     tickets: HashMap<i64, NonZeroU64>,
     /// Row → the attempt its claim made.
     claimed: HashMap<i64, u32>,
+    /// Jobs with a handle here waiting in the file to retry: if the pool
+    /// stops first, their handles get them back as unstarted.
+    retrying: HashMap<i64, Queued<P>>,
 }
 
 fn row_of(id: &JobId) -> i64 {
@@ -87,6 +90,7 @@ impl<P: Send + 'static> DurableStore<P> {
                 more: true,
                 tickets: HashMap::new(),
                 claimed: HashMap::new(),
+                retrying: HashMap::new(),
             }),
             wake: Notify::new(),
             poke: Notify::new(),
@@ -245,6 +249,7 @@ impl<P: Send + 'static> DurableStore<P> {
         };
         self.held.fetch_add(1, Ordering::SeqCst);
         local.claimed.insert(row.id, row.attempt);
+        local.retrying.remove(&row.id);
         lock(self.db.running()).insert(row.id, Default::default());
         let mut job = Job::with_id(row.id as u64, payload);
         job.timeout = row.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
@@ -298,6 +303,9 @@ impl<P: Send + 'static> DurableStore<P> {
     pub(crate) fn retry_at(&self, q: Queued<P>, at: Instant, error: Option<String>) {
         let row = row_of(q.job.id());
         let attempt = self.settle(row, false);
+        if q.ticket.is_some() {
+            lock(&self.local).retrying.insert(row, q);
+        }
         let wait = at.saturating_duration_since(Instant::now());
         let end = End::Retry {
             at: now_ms() + wait.as_millis() as i64,
@@ -351,11 +359,19 @@ impl<P: Send + 'static> DurableStore<P> {
         self.poke.notify_one();
     }
 
-    /// A claimed job that did not start, released to the database (the
-    /// caller hands it to its handle).
+    /// A claimed job that did not start, released to the database, or a
+    /// job with a handle here that waits in the file to retry (it stays
+    /// there): the caller hands it to its handle as unstarted.
     pub(crate) fn take_left(&self) -> Option<Queued<P>> {
-        let q = lock(&self.local).buffer.pop_front()?;
-        self.release(&q);
+        let mut local = lock(&self.local);
+        if let Some(q) = local.buffer.pop_front() {
+            drop(local);
+            self.release(&q);
+            return Some(q);
+        }
+        let row = *local.retrying.keys().next()?;
+        let q = local.retrying.remove(&row)?;
+        local.tickets.remove(&row);
         Some(q)
     }
 
