@@ -232,8 +232,8 @@ pub struct RunArgs {
     /// Keep the run in a job store (a SQLite file): each record is stored
     /// as it is read, and if the run is killed, the same command line again
     /// continues it (what finished is not run again; what was running runs
-    /// again). Not with -k, --resume, --halt or --dry-run
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["keep_order", "resume", "resume_failed", "halt", "dry_run"])]
+    /// again). Not with -k, --resume or --dry-run
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["keep_order", "resume", "resume_failed", "dry_run"])]
     pub db: Option<PathBuf>,
 
     /// The command and its arguments (`--` before it is optional)

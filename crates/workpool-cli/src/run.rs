@@ -106,9 +106,9 @@ pub(crate) struct State {
     /// --delay, and when the next job may start under it.
     delay: Option<Duration>,
     next_start: Mutex<Option<tokio::time::Instant>>,
-    /// The pool, for the hook to stop its intake at the limit. (The pool
-    /// holds the hook, so this is a cycle; the process exits after the run.)
-    pool: OnceLock<RunPool>,
+    /// Stops the pool's intake, for the hook at the limit. (The pool holds
+    /// the hook, so this is a cycle; the process exits after the run.)
+    stop_intake: OnceLock<Box<dyn Fn() + Send + Sync>>,
     stop: mpsc::UnboundedSender<Stop>,
 }
 
@@ -387,11 +387,7 @@ impl Running {
             kill_groups(&self.state.launch.groups);
             return Ok(self.interrupted.map_or(1, Signal::exit_code));
         };
-        // A halt on successes is a success; one on failures is not.
-        let halted = self.state.halted.load(Ordering::SeqCst);
-        let on_success = self.state.halt.is_some_and(|h| h.on_success);
-        summary.halted = halted && !on_success;
-        summary.halted_on_success = halted && on_success;
+        self.state.mark_halt(&mut summary);
         // No child outlives us, even one whose job the pool gave up on.
         kill_groups(&self.state.launch.groups);
         // The summary is built from the handles' outcomes, the report from the
@@ -539,9 +535,29 @@ impl State {
             halted: AtomicBool::new(false),
             delay: None,
             next_start: Mutex::new(None),
-            pool: OnceLock::new(),
+            stop_intake: OnceLock::new(),
             stop,
         }
+    }
+
+    /// Lets `--halt` stop `pool`'s intake.
+    pub(crate) fn set_stop_intake<P: Send + 'static, T: Send + 'static>(&self, pool: &Pool<P, T>) {
+        let pool = pool.clone();
+        let _ = self.stop_intake.set(Box::new(move || pool.stop_intake()));
+    }
+
+    /// The count of records read, for a `--halt` percentage.
+    pub(crate) fn read_counter(&self) -> Arc<AtomicU64> {
+        self.read.clone()
+    }
+
+    /// Puts in the summary whether `--halt` stopped the run: a halt on
+    /// successes is a success, one on failures is not.
+    pub(crate) fn mark_halt(&self, summary: &mut Summary) {
+        let halted = self.halted.load(Ordering::SeqCst);
+        let on_success = self.halt.is_some_and(|h| h.on_success);
+        summary.halted = halted && !on_success;
+        summary.halted_on_success = halted && on_success;
     }
 
     /// Fired by a second signal: running jobs get SIGKILL at once.
@@ -609,7 +625,7 @@ fn build_pool(args: &RunArgs, jobs: usize, state: &Arc<State>) -> Result<RunPool
             async move { handle(job.into_payload(), seq, ctx, st).await }
         })
         .map_err(|e| e.to_string())?;
-    let _ = state.pool.set(pool.clone());
+    state.set_stop_intake(&pool);
     Ok(pool)
 }
 
@@ -842,7 +858,7 @@ impl ReadInput {
 
 /// Counts a job's end and, at --halt's limit, stops new jobs at once and
 /// tells the main task.
-fn check_halt(st: &State, kind: OutcomeKind) {
+pub(crate) fn check_halt(st: &State, kind: OutcomeKind) {
     let Some(halt) = st.halt else { return };
     let (failed, succeeded) = match kind {
         OutcomeKind::Failed | OutcomeKind::TimedOut => (1, 0),
@@ -857,8 +873,8 @@ fn check_halt(st: &State, kind: OutcomeKind) {
     {
         // The hook runs on the worker before it claims another job: from
         // here on nothing starts, and queued records come back unstarted.
-        if let Some(pool) = st.pool.get() {
-            pool.stop_intake();
+        if let Some(stop_intake) = st.stop_intake.get() {
+            stop_intake();
         }
         let _ = st.stop.send(Stop::Halt(halt.when));
     }

@@ -19,7 +19,7 @@ use workpool::JobId;
 use workpool::store::sqlite::{NewJob, SqliteStore};
 
 use crate::capture::LINE_BUDGET;
-use crate::cli::RunArgs;
+use crate::cli::{HaltWhen, RunArgs};
 use crate::report::{Event, Stop, progress_bar, say};
 use crate::run;
 use crate::sources::{Jobs, Values};
@@ -71,8 +71,15 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         unpack,
         Some(finished.clone()),
     )?;
+    // --halt stops this pool's intake from its outcome hook.
+    state.set_stop_intake(&pool);
     let reader = tokio::spawn(store_records(
-        Reading { inputs, seq, ended },
+        Reading {
+            inputs,
+            seq,
+            ended,
+            read: state.read_counter(),
+        },
         store,
         queue,
         events.clone(),
@@ -88,12 +95,17 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     reader.abort();
     let timeout = match &first {
         Some(Stop::AllDone) => Duration::from_secs(5),
+        // --halt now: stop running jobs at once (they go back to the file);
+        // soon: let them finish.
+        Some(Stop::Halt(HaltWhen::Now)) => Duration::ZERO,
+        Some(Stop::Halt(HaltWhen::Soon)) => Duration::from_secs(10 * 365 * 86_400),
         _ => args.job.shutdown_timeout,
     };
     let report = crate::worker::stop(&pool, &state, &mut signals, &mut interrupted, timeout).await;
     state.kill_all();
     let _ = events.send(Event::Finish);
-    let summary = reporter.await.unwrap_or_default();
+    let mut summary = reporter.await.unwrap_or_default();
+    state.mark_halt(&mut summary);
     say(&summary.render(started.elapsed()));
     let released = report.stats().unstarted;
     if released > 0 || interrupted.is_some() {
@@ -111,7 +123,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         (None, Some(crate::report::OutputError::Closed)) => 141,
         (None, Some(_)) => 1,
         // A record that failed in an earlier run of this one still counts.
-        (None, None) if summary.any_failed() || summary.skipped_failed > 0 => 1,
+        (None, None) if summary.any_failed() || summary.skipped_failed > 0 || summary.halted => 1,
         (None, None) if summary.joblog_error.is_some() => 1,
         (None, None) => 0,
     })
@@ -152,6 +164,8 @@ struct Reading {
     inputs: Jobs,
     seq: u64,
     ended: bool,
+    /// Records read so far, for a `--halt` percentage.
+    read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a run stops when record `seq` is not the one stored under its number.
@@ -242,7 +256,9 @@ async fn store_records(
         mut inputs,
         mut seq,
         ended,
+        read,
     } = reading;
+    read.store(seq, std::sync::atomic::Ordering::SeqCst);
     let mut ended = ended;
     while !ended {
         let values = match inputs.next().await {
@@ -257,6 +273,7 @@ async fn store_records(
             }
         };
         seq += 1;
+        read.store(seq, std::sync::atomic::Ordering::SeqCst);
         let job = NewJob::new(pack(seq, &values)).unique_key(seq.to_string());
         let found = match store.enqueue_unique(vec![job]).await {
             Ok(mut f) => f.remove(0),

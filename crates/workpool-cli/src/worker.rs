@@ -195,6 +195,7 @@ pub(crate) fn build(
     }
     let attempts: Attempts = Arc::default();
     let kept = attempts.clone();
+    let hook_state = state.clone();
     let mut builder = Pool::builder()
         .workers(jobs)
         .store(store)
@@ -211,6 +212,7 @@ pub(crate) fn build(
     builder
         .on_outcome(move |c: &Completion<Vec<u8>, ()>| {
             let kind = c.outcome().kind();
+            run::check_halt(&hook_state, kind);
             let last = lock(&kept).remove(c.id());
             // A job that did not start here went back to the store.
             if kind == OutcomeKind::Unstarted {

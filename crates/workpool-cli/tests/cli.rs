@@ -2223,3 +2223,40 @@ fn run_db_refuses_a_changed_input_before_running_anything() {
     stderr_has(&out, "record 2 is not the one this run stored");
     assert_eq!(dir.read("started"), "a\n", "nothing ran again");
 }
+
+/// `run --db --halt`: the halt stops the run as without `--db`, and the same
+/// command line then runs what the halt left, the failure still counted.
+#[test]
+fn run_db_halts_and_the_same_command_line_runs_the_rest() {
+    let dir = Dir::new("rundbhalt");
+    let input = b"1\n2\n3\n4\n5\n6\n";
+    let args = [
+        "--db",
+        "r.db",
+        "-j",
+        "1",
+        "--halt",
+        "now,fail=1",
+        "--",
+        "sh",
+        "-c",
+        "echo \"r $1\"; [ $1 != 2 ]",
+        "_",
+        "{}",
+    ];
+    let out = run(&dir, &args, input);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "r 1\nr 2\n");
+    stderr_has(&out, "halted");
+    let out = run(&dir, &args, input);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "record 2 failed in the first run"
+    );
+    assert_eq!(text(&out.stdout), "r 3\nr 4\nr 5\nr 6\n");
+    stderr_has(
+        &out,
+        "2 skipped (done in an earlier run, 1 of them without success)",
+    );
+}
