@@ -961,11 +961,17 @@ fn attempted(outcome: Outcome<Values, Attempted>) -> Option<Attempted> {
         Outcome::TimedOut { error, .. } | Outcome::Cancelled { error, .. } => error?,
         _ => return None,
     };
-    let error = match error.downcast::<Permanent>() {
+    command_failed(error).ok().map(|f| f.0)
+}
+
+/// The `CommandFailed` inside an attempt's error (perhaps wrapped in
+/// `Permanent`), or the error itself.
+pub(crate) fn command_failed(e: BoxError) -> Result<CommandFailed, BoxError> {
+    let e = match e.downcast::<Permanent>() {
         Ok(p) => p.into_inner(),
         Err(e) => e,
     };
-    error.downcast::<CommandFailed>().ok().map(|f| f.0)
+    e.downcast::<CommandFailed>().map(|b| *b)
 }
 
 /// Fills a `Done` with what an attempt left.

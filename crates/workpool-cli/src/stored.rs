@@ -102,11 +102,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
         _ => args.job.shutdown_timeout,
     };
     let report = crate::worker::stop(&pool, &state, &mut signals, &mut interrupted, timeout).await;
-    state.kill_all();
-    let _ = events.send(Event::Finish);
-    let mut summary = reporter.await.unwrap_or_default();
-    state.mark_halt(&mut summary);
-    say(&summary.render(started.elapsed()));
+    let summary = crate::worker::summarize(&state, &events, reporter, started).await;
     let released = report.stats().unstarted;
     if released > 0 || interrupted.is_some() {
         say(&format!(
@@ -166,6 +162,16 @@ struct Reading {
     ended: bool,
     /// Records read so far, for a `--halt` percentage.
     read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Tells the reporter of a record an earlier run finished, if its job's
+/// state (`None`: stored now) says it did.
+fn done_earlier(events: &mpsc::UnboundedSender<Event>, state: Option<&str>) {
+    if let Some(state @ ("completed" | "failed" | "cancelled")) = state {
+        let _ = events.send(Event::Skipped {
+            failed: state != "completed",
+        });
+    }
 }
 
 /// Why a run stops when record `seq` is not the one stored under its number.
@@ -228,11 +234,7 @@ async fn check_known(
             if !f.same_payload {
                 return Err(changed(seq));
             }
-            if let Some(state @ ("completed" | "failed" | "cancelled")) = f.existing.as_deref() {
-                let _ = events.send(Event::Skipped {
-                    failed: state != "completed",
-                });
-            }
+            done_earlier(events, f.existing.as_deref());
         }
         if ended {
             return Ok((seq, true));
@@ -288,11 +290,8 @@ async fn store_records(
             let _ = stop.send(Stop::InputFailed(changed(seq)));
             return;
         }
-        if let Some(state @ ("completed" | "failed" | "cancelled")) = found.existing.as_deref()
-            && !finished.ran_here(found.id)
-        {
-            let failed = state != "completed";
-            let _ = events.send(Event::Skipped { failed });
+        if !finished.ran_here(found.id) {
+            done_earlier(&events, found.existing.as_deref());
         }
     }
     // Every record is in the file: the run ends when none may still run.

@@ -128,10 +128,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
             .await
         }
     };
-    state.kill_all();
-    let _ = events.send(Event::Finish);
-    let summary = reporter.await.unwrap_or_default();
-    say(&summary.render(started.elapsed()));
+    let summary = summarize(&state, &events, reporter, started).await;
     let released = report.stats().unstarted;
     if released > 0 {
         say(&format!(
@@ -144,6 +141,23 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
         None if summary.any_failed() || summary.output_error.is_some() => 1,
         None => 0,
     })
+}
+
+/// The end of a run over a job store, once its pool stopped: every job's
+/// process killed, the reporter's summary (with `--halt`'s verdict),
+/// printed.
+pub(crate) async fn summarize(
+    state: &State,
+    events: &mpsc::UnboundedSender<Event>,
+    reporter: tokio::sync::oneshot::Receiver<crate::report::Summary>,
+    started: Instant,
+) -> crate::report::Summary {
+    state.kill_all();
+    let _ = events.send(Event::Finish);
+    let mut summary = reporter.await.unwrap_or_default();
+    state.mark_halt(&mut summary);
+    say(&summary.render(started.elapsed()));
+    summary
 }
 
 /// Stops claiming, lets running jobs finish until `timeout` (a signal
@@ -258,7 +272,7 @@ async fn attempt(
         Ok(a) => (a, None),
         Err(e) => {
             let permanent_error = e.downcast_ref::<workpool::Permanent>().is_some();
-            match unwrap_failed(e) {
+            match run::command_failed(e) {
                 Ok(CommandFailed(a)) => {
                     let text = a.describe();
                     let e: BoxError = if permanent_error {
@@ -277,14 +291,4 @@ async fn attempt(
         None => Ok(()),
         Some(e) => Err(e),
     }
-}
-
-/// The `CommandFailed` inside an attempt's error (perhaps wrapped in
-/// `Permanent`), or the error itself.
-fn unwrap_failed(e: BoxError) -> Result<CommandFailed, BoxError> {
-    let e = match e.downcast::<workpool::Permanent>() {
-        Ok(p) => p.into_inner(),
-        Err(e) => e,
-    };
-    e.downcast::<CommandFailed>().map(|b| *b)
 }

@@ -23,9 +23,6 @@ use crate::store::Store;
 /// never wait on user code, so this is a safety bound, not a delay.
 const STRAGGLER_BOUND: Duration = Duration::from_secs(1);
 
-/// How often a shutdown over a durable store checks whether it went idle.
-const DURABLE_LOOK_AGAIN: Duration = Duration::from_millis(20);
-
 /// Whether shutdown has begun, and its report once it is done.
 pub(crate) struct Shutdown<P> {
     started: AtomicBool,
@@ -169,22 +166,26 @@ where
         let notified = core.progress().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // A durable store's own changes (a retry, an empty fetch) come
+        // with no outcome: listen to them too.
+        let changed = core.store().changes().map(|n| n.notified());
+        tokio::pin!(changed);
+        if let Some(c) = changed.as_mut().as_pin_mut() {
+            c.enable();
+        }
         if core.is_idle() {
             return true;
         }
-        // A durable store learns that it holds nothing ready only when a
-        // claim comes back empty, which notifies nobody: look again soon.
-        let look_again = match core.store().durable() {
-            true => until.min(Instant::now() + DURABLE_LOOK_AGAIN),
-            false => until,
+        let store_changed = async {
+            match changed.as_mut().as_pin_mut() {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             _ = &mut notified => {}
-            _ = tokio::time::sleep_until(look_again) => {
-                if Instant::now() >= until {
-                    return core.is_idle();
-                }
-            }
+            _ = store_changed => {}
+            _ = tokio::time::sleep_until(until) => return core.is_idle(),
             _ = &mut interrupted => return false,
         }
     }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU64;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -35,8 +35,9 @@ pub(crate) struct DurableStore<P> {
     wake: Notify,
     /// Wakes the poller: a job was enqueued here, or the store closed.
     poke: Notify,
-    /// Claimed jobs not yet settled (completed, retried, released).
-    held: AtomicUsize,
+    /// Told whenever what a shutdown waits for changes here: a claimed job
+    /// is settled, or a fetch finds the file has nothing more ready.
+    changed: Notify,
     closed: AtomicBool,
 }
 
@@ -44,7 +45,7 @@ struct Local<P> {
     /// Claimed, not yet started.
     buffer: VecDeque<Queued<P>>,
     /// A claimer is the poller (see `claim`).
-    fetching: bool,
+    polling: bool,
     /// Claimers waiting for a fetch.
     waiting: usize,
     /// The database may hold available jobs: the last fetch came back full,
@@ -85,7 +86,7 @@ impl<P: Send + 'static> DurableStore<P> {
             max_attempts: max_attempts.max(1),
             local: Mutex::new(Local {
                 buffer: VecDeque::new(),
-                fetching: false,
+                polling: false,
                 waiting: 0,
                 more: true,
                 tickets: HashMap::new(),
@@ -94,7 +95,7 @@ impl<P: Send + 'static> DurableStore<P> {
             }),
             wake: Notify::new(),
             poke: Notify::new(),
-            held: AtomicUsize::new(0),
+            changed: Notify::new(),
             closed: AtomicBool::new(false),
         }
     }
@@ -167,14 +168,14 @@ impl<P: Send + 'static> DurableStore<P> {
                 if let Some(claim) = done {
                     if poller {
                         // Another waiter takes the role on.
-                        local.fetching = false;
+                        local.polling = false;
                         drop(local);
                         self.wake.notify_one();
                     }
                     return claim;
                 }
-                if poller || !local.fetching {
-                    local.fetching = true;
+                if poller || !local.polling {
+                    local.polling = true;
                     poller = true;
                     Some((local.waiting + 1).min(MAX_CLAIM))
                 } else {
@@ -186,7 +187,7 @@ impl<P: Send + 'static> DurableStore<P> {
                 Some(n) => {
                     if self.fetch(n).await == 0 {
                         // Nothing ready. `poke` keeps an enqueue's wake-up
-                        // for a poller that was busy fetching.
+                        // for a poller that was busy polling.
                         let poll = self.db.poll_interval();
                         let _ = tokio::time::timeout(poll, self.poke.notified()).await;
                     }
@@ -228,6 +229,9 @@ impl<P: Send + 'static> DurableStore<P> {
         // they would each fetch in turn, without pause.
         if got > 0 {
             self.wake.notify_waiters();
+        } else {
+            // The file has nothing ready: a draining shutdown may be done.
+            self.changed.notify_waiters();
         }
         got
     }
@@ -247,7 +251,6 @@ impl<P: Send + 'static> DurableStore<P> {
                 return None;
             }
         };
-        self.held.fetch_add(1, Ordering::SeqCst);
         local.claimed.insert(row.id, row.attempt);
         local.retrying.remove(&row.id);
         lock(self.db.running()).insert(row.id, Default::default());
@@ -269,7 +272,7 @@ impl<P: Send + 'static> DurableStore<P> {
         }
         drop(local);
         lock(self.db.running()).remove(&row);
-        self.held.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
         attempt
     }
 
@@ -408,7 +411,12 @@ impl<P: Send + 'static> DurableStore<P> {
     }
 
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::SeqCst)
+        lock(&self.local).claimed.len()
+    }
+
+    /// See the field `changed`.
+    pub(crate) fn changed(&self) -> &Notify {
+        &self.changed
     }
 
     pub(crate) fn is_closed(&self) -> bool {

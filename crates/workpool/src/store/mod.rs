@@ -205,6 +205,13 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
         0
     }
 
+    /// Notified when what a shutdown waits for changes inside the store,
+    /// without an outcome the pool would see (a durable store: a job
+    /// retried or released, a fetch that found nothing ready).
+    fn changes(&self) -> Option<&tokio::sync::Notify> {
+        None
+    }
+
     /// A durable store's cancel by ID of a running job: the signal it fires
     /// for a job without a handle (`None` if it has one: the store passes its
     /// cancel on to `handle`'s signal instead).
@@ -423,6 +430,14 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
             AnyStore::Memory(_) => 0,
             #[cfg(feature = "sqlite")]
             AnyStore::Durable(d) => d.held(),
+        }
+    }
+
+    fn changes(&self) -> Option<&tokio::sync::Notify> {
+        match self {
+            AnyStore::Memory(_) => None,
+            #[cfg(feature = "sqlite")]
+            AnyStore::Durable(d) => Some(d.changed()),
         }
     }
 
