@@ -167,6 +167,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(all(
+    feature = "_durable",
+    not(any(feature = "sqlite", feature = "postgres"))
+))]
+compile_error!("the `_durable` feature is internal: enable `sqlite` or `postgres`");
+
 mod cancel;
 mod context;
 mod core;

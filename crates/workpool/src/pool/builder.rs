@@ -34,14 +34,14 @@ pub struct PoolBuilder<P = Bytes, T = ()> {
     grace: Duration,
     hook: Option<Hook<P, T>>,
     recent_failures: usize,
-    #[cfg(feature = "sqlite")]
+    #[cfg(feature = "_durable")]
     durable: Option<Durable<P>>,
 }
 
 /// A durable store and how the payload goes in and out of it.
-#[cfg(feature = "sqlite")]
+#[cfg(feature = "_durable")]
 struct Durable<P> {
-    store: crate::store::sqlite::SqliteStore,
+    store: crate::store::Durable,
     encode: fn(&P) -> Vec<u8>,
     decode: fn(&[u8]) -> Result<P, BoxError>,
 }
@@ -57,7 +57,7 @@ impl<P, T> Default for PoolBuilder<P, T> {
             grace: Duration::from_secs(5),
             hook: None,
             recent_failures: 64,
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             durable: None,
         }
     }
@@ -69,11 +69,12 @@ impl<P: Send + 'static, T: Send + 'static> PoolBuilder<P, T> {
         Self::default()
     }
 
-    /// Keeps the pool's jobs in a SQLite file instead of memory (feature
-    /// `sqlite`): a job is committed before `submit` returns and survives a
-    /// killed process; workers also run jobs that earlier processes (or
-    /// other processes on this machine) left in the file. See
-    /// [`SqliteStore`](crate::store::sqlite::SqliteStore).
+    /// Keeps the pool's jobs in a durable store instead of memory: a
+    /// [`SqliteStore`](crate::store::sqlite::SqliteStore) file (feature
+    /// `sqlite`) or a [`PgStore`](crate::store::postgres::PgStore)
+    /// database (feature `postgres`). A job is committed before `submit`
+    /// returns and survives a killed process; workers also run jobs that
+    /// earlier processes (or other processes sharing the store) left in it.
     ///
     /// With a durable store a job's ID is the store's ID for it (the handle
     /// returned by `submit` has it; an ID given to [`Job::with_id`] is not
@@ -83,13 +84,13 @@ impl<P: Send + 'static, T: Send + 'static> PoolBuilder<P, T> {
     /// [`shutdown`](Pool::shutdown) runs what the store has ready; jobs
     /// scheduled for later (retries waiting out their backoff among them)
     /// stay in the store for the next pool.
-    #[cfg(feature = "sqlite")]
-    pub fn store(mut self, store: crate::store::sqlite::SqliteStore) -> Self
+    #[cfg(feature = "_durable")]
+    pub fn store(mut self, store: impl Into<crate::store::Durable>) -> Self
     where
         P: crate::payload::Payload + Clone,
     {
         self.durable = Some(Durable {
-            store,
+            store: store.into(),
             encode: P::to_bytes,
             decode: P::from_bytes,
         });
@@ -247,12 +248,15 @@ impl<P: Send + 'static, T: Send + 'static> PoolBuilder<P, T> {
             self.queue_capacity,
             rt.metrics().num_workers(),
         ));
-        #[cfg(feature = "sqlite")]
+        #[cfg(feature = "_durable")]
         let store = match self.durable {
             Some(d) => {
                 let attempts = config.retry.map_or(1, |r| r.max_attempts());
                 AnyStore::Durable(crate::store::durable::DurableStore::new(
-                    d.store, d.encode, d.decode, attempts,
+                    d.store.backend,
+                    d.encode,
+                    d.decode,
+                    attempts,
                 ))
             }
             None => store,

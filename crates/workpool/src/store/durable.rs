@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::sqlite::SqliteStore;
-use super::sqlite::db::{ClaimedRow, End, NewRow, Op, now_ms};
+use super::backend::Backend;
+use super::rows::{ClaimedRow, End, NewRow, now_ms};
 use super::{Claim, Queued, Refused};
 use crate::handler::BoxError;
 use crate::job::{Job, JobId};
@@ -25,7 +25,7 @@ use crate::sync::lock;
 const MAX_CLAIM: usize = 256;
 
 pub(crate) struct DurableStore<P> {
-    db: SqliteStore,
+    db: Backend,
     encode: fn(&P) -> Vec<u8>,
     decode: fn(&[u8]) -> Result<P, BoxError>,
     /// Attempts a job gets, from the pool's retry policy.
@@ -74,7 +74,7 @@ impl<P> DurableStore<P> {
 
 impl<P: Send + 'static> DurableStore<P> {
     pub(crate) fn new(
-        db: SqliteStore,
+        db: Backend,
         encode: fn(&P) -> Vec<u8>,
         decode: fn(&[u8]) -> Result<P, BoxError>,
         max_attempts: u32,
@@ -187,9 +187,23 @@ impl<P: Send + 'static> DurableStore<P> {
                 Some(n) => {
                     if self.fetch(n).await == 0 {
                         // Nothing ready. `poke` keeps an enqueue's wake-up
-                        // for a poller that was busy polling.
+                        // for a poller that was busy polling; `arrivals`
+                        // tells of other processes' enqueues, where the
+                        // database can.
                         let poll = self.db.poll_interval();
-                        let _ = tokio::time::timeout(poll, self.poke.notified()).await;
+                        let arrived = async {
+                            match self.db.arrivals() {
+                                Some(n) => n.notified().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let _ = tokio::time::timeout(poll, async {
+                            tokio::select! {
+                                () = self.poke.notified() => {}
+                                () = arrived => {}
+                            }
+                        })
+                        .await;
                     }
                 }
                 None => {
@@ -202,16 +216,7 @@ impl<P: Send + 'static> DurableStore<P> {
 
     /// Claims up to `n` jobs into the buffer; how many it got.
     async fn fetch(&self, n: usize) -> usize {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.db.send(Op::Claim {
-            queue: self.db.queue().to_string(),
-            n,
-            reply: tx,
-        });
-        let rows = match sent {
-            Ok(()) => rx.await.unwrap_or(Err(super::sqlite::StoreError::Closed)),
-            Err(e) => Err(e),
-        };
+        let rows = self.db.claim(self.db.queue(), n).await;
         let rows = rows.unwrap_or_else(|e| {
             tracing::error!(target: "workpool", error = %e, "the job store could not claim jobs");
             Vec::new()
@@ -243,11 +248,7 @@ impl<P: Send + 'static> DurableStore<P> {
             Ok(p) => p,
             Err(e) => {
                 let end = End::Failed(format!("the payload cannot be decoded: {e}"));
-                let _ = self.db.send(Op::End {
-                    id: row.id,
-                    attempt: row.attempt,
-                    end,
-                });
+                let _ = self.db.end(row.id, row.attempt, end);
                 return None;
             }
         };
@@ -277,7 +278,7 @@ impl<P: Send + 'static> DurableStore<P> {
     }
 
     fn end(&self, id: i64, attempt: u32, end: End) {
-        if self.db.send(Op::End { id, attempt, end }).is_err() {
+        if self.db.end(id, attempt, end).is_err() {
             tracing::error!(target: "workpool", id, "the job store is closed: the job's end is not recorded; it runs again");
         }
     }
@@ -352,7 +353,7 @@ impl<P: Send + 'static> DurableStore<P> {
             local.tickets.remove(&row);
             // One in the buffer is skipped when a worker takes it.
             if !local.claimed.contains_key(&row) {
-                let _ = self.db.send(Op::CancelWaiting(row));
+                self.db.cancel_waiting(row);
             }
         }
     }

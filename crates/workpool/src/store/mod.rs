@@ -1,5 +1,7 @@
 //! Where jobs wait between submit and run: in memory (the default), or in
-//! a durable store (the `sqlite` module, feature `sqlite`) that outlives the process.
+//! a durable store that outlives the process: an embedded SQLite file (the
+//! `sqlite` module, feature `sqlite`) or a PostgreSQL database shared by
+//! many machines (the `postgres` module, feature `postgres`).
 
 // The seam, for the pool's own use.
 //
@@ -15,11 +17,24 @@
 // The memory store (`memory::MemoryStore`) keeps its wake-up logic to
 // itself; the pool only sees claims that wait.
 
-#[cfg(feature = "sqlite")]
+#[cfg(feature = "_durable")]
+mod backend;
+#[cfg(feature = "_durable")]
 pub(crate) mod durable;
+#[cfg(feature = "_durable")]
+mod jobs;
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "_durable")]
+pub(crate) mod rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+#[cfg(feature = "_durable")]
+pub use backend::Durable;
+#[cfg(feature = "_durable")]
+pub use jobs::{Enqueued, JobRow, NewJob, StateCount};
 
 use std::future::Future;
 use std::num::NonZeroU64;
@@ -95,7 +110,7 @@ pub(crate) enum Refused<T> {
     /// The store takes no more jobs.
     Closed(T),
     /// A durable store could not keep it (its error is logged).
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    #[cfg_attr(not(feature = "_durable"), allow(dead_code))]
     Failed(T),
 }
 
@@ -263,14 +278,14 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum AnyStore<P> {
     Memory(memory::MemoryStore<P>),
-    #[cfg(feature = "sqlite")]
+    #[cfg(feature = "_durable")]
     Durable(durable::DurableStore<P>),
 }
 
 /// A worker's claiming state, for the store it claims from.
 pub(crate) enum AnyClaimer {
     Memory(memory::MemoryClaimer),
-    #[cfg(feature = "sqlite")]
+    #[cfg(feature = "_durable")]
     Durable,
 }
 
@@ -280,7 +295,7 @@ impl<P> AnyStore<P> {
     pub(crate) fn close_now(&self) {
         match self {
             AnyStore::Memory(m) => m.close_now(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.close(),
         }
     }
@@ -294,9 +309,9 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
         match self {
             AnyStore::Memory(m) => m.try_enqueue(job),
             // Waits for a commit: only `enqueue` does that.
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) if d.is_closed() => Err(Refused::Closed(job)),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(_) => Err(Refused::Full(job)),
         }
     }
@@ -308,7 +323,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     ) -> Result<Option<JobId>, Refused<Queued<P>>> {
         match self {
             AnyStore::Memory(m) => m.enqueue(job, deadline).await,
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.enqueue(job).await.map(Some),
         }
     }
@@ -316,7 +331,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn claimer(&self) -> AnyClaimer {
         match self {
             AnyStore::Memory(m) => AnyClaimer::Memory(m.claimer()),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(_) => AnyClaimer::Durable,
         }
     }
@@ -325,9 +340,9 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn try_claim(&self, claimer: &mut AnyClaimer) -> Option<Queued<P>> {
         match (self, claimer) {
             (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.try_claim(c),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             (AnyStore::Durable(d), _) => d.try_claim(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             _ => None,
         }
     }
@@ -339,9 +354,9 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     ) -> Claim<P> {
         match (self, claimer) {
             (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.claim(c, interrupted).await,
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             (AnyStore::Durable(d), _) => d.claim(interrupted).await,
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             _ => Claim::Closed,
         }
     }
@@ -350,7 +365,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn must_yield(&self, claimer: &mut AnyClaimer) -> bool {
         match (self, claimer) {
             (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.must_yield(c),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             _ => false,
         }
     }
@@ -358,7 +373,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn leave(&self, claimer: &mut AnyClaimer) {
         match (self, claimer) {
             (AnyStore::Memory(m), AnyClaimer::Memory(c)) => m.leave(c),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             _ => {}
         }
     }
@@ -374,7 +389,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     ) {
         match self {
             AnyStore::Memory(_) => drop((id, attempt, outcome, error, interrupted)),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.complete(id, attempt, outcome, error(), interrupted()),
         }
     }
@@ -387,7 +402,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     ) -> Result<(), Queued<P>> {
         match self {
             AnyStore::Memory(m) => m.retry_at(job, at, error),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => {
                 d.retry_at(job, at, error());
                 Ok(())
@@ -400,7 +415,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
             AnyStore::Memory(_) => {
                 let _ = job;
             }
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.skipped(job),
         }
     }
@@ -420,7 +435,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
                 let _ = (job, handle);
                 None
             }
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.cancel_ref(job, handle),
         }
     }
@@ -428,7 +443,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn held(&self) -> usize {
         match self {
             AnyStore::Memory(_) => 0,
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.held(),
         }
     }
@@ -436,13 +451,13 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn changes(&self) -> Option<&tokio::sync::Notify> {
         match self {
             AnyStore::Memory(_) => None,
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => Some(d.changed()),
         }
     }
 
     async fn flush(&self) {
-        #[cfg(feature = "sqlite")]
+        #[cfg(feature = "_durable")]
         if let AnyStore::Durable(d) = self {
             d.flush().await;
         }
@@ -453,7 +468,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
             AnyStore::Memory(m) => m.release(job),
             // Back to available in the database; the job itself goes to its
             // handle, as unstarted here.
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => {
                 d.release(&job);
                 Some(job)
@@ -464,7 +479,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn discard(&self, ticket: std::num::NonZeroU64) {
         match self {
             AnyStore::Memory(m) => m.discard(ticket),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.discard(ticket),
         }
     }
@@ -472,7 +487,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn close(&self) {
         match self {
             AnyStore::Memory(m) => m.close(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.close(),
         }
     }
@@ -480,7 +495,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn wake_claimers(&self) {
         match self {
             AnyStore::Memory(m) => m.wake_claimers(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.wake_claimers(),
         }
     }
@@ -488,7 +503,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn take_left(&self) -> Option<Queued<P>> {
         match self {
             AnyStore::Memory(m) => m.take_left(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.take_left(),
         }
     }
@@ -497,7 +512,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn queued(&self) -> usize {
         match self {
             AnyStore::Memory(m) => m.queued(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.queued(),
         }
     }
@@ -505,7 +520,7 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
     fn scheduled(&self) -> usize {
         match self {
             AnyStore::Memory(m) => m.scheduled(),
-            #[cfg(feature = "sqlite")]
+            #[cfg(feature = "_durable")]
             AnyStore::Durable(_) => 0,
         }
     }

@@ -1,0 +1,359 @@
+//! The store's tables in their schema: the schema's name (checked, then
+//! quoted), the migrations, and every statement the store runs, written
+//! once per store with that name in them. Values always travel as bound
+//! parameters; the name is the only text put into SQL, and only after
+//! [`Schema::new`] accepted it.
+
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, Executor, PgConnection};
+
+use super::PgError;
+
+/// A schema name the store accepted: a lowercase letter or `_`, then
+/// lowercase letters, digits and `_`, at most 48 bytes (PostgreSQL keeps 63,
+/// and the notification channel adds a suffix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Schema(String);
+
+impl Schema {
+    pub(crate) fn new(name: &str) -> Result<Self, PgError> {
+        let mut chars = name.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !first_ok || !rest_ok || name.len() > 48 || name.starts_with("pg_") {
+            return Err(PgError::Config(format!(
+                "the schema name {name:?} is not allowed: use 1 to 48 lowercase letters, digits and _, starting with a letter or _, not pg_"
+            )));
+        }
+        Ok(Schema(name.to_string()))
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `"name"`: the name quoted, for SQL.
+    fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+
+    /// The channel enqueues notify and workers listen on.
+    pub(crate) fn channel(&self) -> String {
+        format!("{}_jobs", self.0)
+    }
+}
+
+/// The schema, one migration per version, applied in order.
+const MIGRATIONS: [&str; 1] = ["
+    CREATE TABLE S.jobs (
+        id bigserial PRIMARY KEY,
+        queue text NOT NULL,
+        payload bytea NOT NULL,
+        state text NOT NULL CHECK (state IN
+            ('available', 'scheduled', 'running', 'retryable', 'completed', 'failed', 'cancelled')),
+        attempt integer NOT NULL DEFAULT 0,
+        max_attempts integer NOT NULL,
+        crashes integer NOT NULL DEFAULT 0,
+        cancel_requested boolean NOT NULL DEFAULT false,
+        priority integer NOT NULL DEFAULT 0,
+        run_at timestamptz NOT NULL DEFAULT now(),
+        owner bigint,
+        timeout_ms bigint,
+        unique_key text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        started_at timestamptz,
+        finished_at timestamptz,
+        errors jsonb NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX jobs_ready ON S.jobs (queue, priority, run_at, id)
+        WHERE state IN ('available', 'scheduled', 'retryable');
+    CREATE INDEX jobs_running ON S.jobs (owner) WHERE state = 'running';
+    CREATE INDEX jobs_finished ON S.jobs (finished_at)
+        WHERE state IN ('completed', 'failed', 'cancelled');
+    CREATE UNIQUE INDEX jobs_unique ON S.jobs (queue, unique_key) WHERE unique_key IS NOT NULL;
+    CREATE TABLE S.owners (
+        id bigserial PRIMARY KEY,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        seen_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE S.leader (
+        name text PRIMARY KEY,
+        owner bigint NOT NULL,
+        until timestamptz NOT NULL
+    );
+"];
+
+/// The newest schema version this build knows.
+pub(crate) const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Creates the schema if needed and applies the migrations it lacks, in one
+/// transaction, holding an advisory lock so that processes starting
+/// together do not migrate twice. Returns the version it found.
+pub(crate) async fn migrate(conn: &mut PgConnection, schema: &Schema) -> Result<i32, PgError> {
+    let mut tx = sqlx::Connection::begin(conn).await.map_err(PgError::sql)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('workpool migrate ' || $1))")
+        .bind(schema.name())
+        .execute(&mut *tx)
+        .await
+        .map_err(PgError::sql)?;
+    let s = schema.quoted();
+    let setup = format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    );
+    tx.execute(AssertSqlSafe(setup))
+        .await
+        .map_err(PgError::sql)?;
+    let found = current(&mut tx, schema).await?;
+    if found > VERSION {
+        return Err(PgError::NewerSchema {
+            schema: schema.name().to_string(),
+            found,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute(AssertSqlSafe(sql.replace("S.", &format!("{s}."))))
+            .await
+            .map_err(PgError::sql)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {s}.migrations (version) VALUES ($1)"
+        )))
+        .bind(i as i32 + 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(PgError::sql)?;
+    }
+    tx.commit().await.map_err(PgError::sql)?;
+    Ok(found)
+}
+
+/// The schema's version: 0 if it has no migrations table.
+pub(crate) async fn current(conn: &mut PgConnection, schema: &Schema) -> Result<i32, PgError> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'migrations')",
+    )
+    .bind(schema.name())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(PgError::sql)?;
+    if !exists {
+        return Ok(0);
+    }
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT coalesce(max(version), 0) FROM {}.migrations",
+        schema.quoted()
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(PgError::sql)
+}
+
+/// A statement's text, cheap to clone.
+pub(crate) type Text = Arc<str>;
+
+/// What the store reads and writes, as columns of `SELECT`s that list jobs.
+const ROW: &str = "id, queue, state, attempt, max_attempts, priority,
+    (extract(epoch FROM run_at) * 1000)::bigint, errors::text";
+
+/// Every statement the store runs, with the schema's name in it.
+pub(crate) struct Sql {
+    pub(crate) insert: Text,
+    pub(crate) existing: Text,
+    pub(crate) claim: Text,
+    pub(crate) end: Text,
+    pub(crate) cancel_waiting: Text,
+    pub(crate) cancel_running: Text,
+    pub(crate) cancels_asked: Text,
+    pub(crate) retry: Text,
+    pub(crate) counts: Text,
+    pub(crate) jobs: Text,
+    pub(crate) oldest_ready: Text,
+    pub(crate) prune: Text,
+    pub(crate) register: Text,
+    pub(crate) heartbeat: Text,
+    pub(crate) reregister: Text,
+    pub(crate) deregister: Text,
+    pub(crate) lead: Text,
+    pub(crate) rescue: Text,
+    pub(crate) schedule: Text,
+    pub(crate) release_own: Text,
+}
+
+/// How many times a job may be running when its process dies (or its lease
+/// runs out) before it ends failed instead of running again.
+pub(crate) const CRASH_LIMIT: i32 = 3;
+
+impl Sql {
+    pub(crate) fn new(schema: &Schema) -> Self {
+        let s = schema.quoted();
+        let t = |sql: String| -> Text { Arc::from(sql) };
+        let waiting = "('available', 'scheduled', 'retryable')";
+        let finished = "('completed', 'failed', 'cancelled')";
+        let error_entry = "jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', $2::text))";
+        Sql {
+            // The IDs are drawn first, so that each input row (by its
+            // ordinality) knows its own, inserted or not.
+            insert: t(format!(
+                "WITH input AS (
+                    SELECT nextval('{s}.jobs_id_seq') AS id, i.*
+                      FROM unnest($1::text[], $2::bytea[], $3::int[], $4::int[], $5::bigint[], $6::bigint[], $7::text[])
+                           WITH ORDINALITY AS i(queue, payload, max_attempts, priority, run_at_ms, timeout_ms, unique_key, ord)
+                 ), ins AS (
+                    INSERT INTO {s}.jobs (id, queue, payload, state, max_attempts, priority, run_at, timeout_ms, unique_key)
+                    SELECT id, queue, payload,
+                           CASE WHEN run_at_ms IS NOT NULL AND to_timestamp(run_at_ms / 1000.0) > now()
+                                THEN 'scheduled' ELSE 'available' END,
+                           max_attempts, priority, coalesce(to_timestamp(run_at_ms / 1000.0), now()),
+                           timeout_ms, unique_key
+                      FROM input ORDER BY ord
+                    ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+                    RETURNING id
+                 )
+                 SELECT input.id, ins.id IS NOT NULL FROM input LEFT JOIN ins USING (id) ORDER BY input.ord"
+            )),
+            existing: t(format!(
+                "SELECT id, state, payload = $3 FROM {s}.jobs WHERE queue = $1 AND unique_key = $2"
+            )),
+            claim: t(format!(
+                "UPDATE {s}.jobs SET state = 'running', attempt = attempt + 1, owner = $3, started_at = now()
+                  WHERE id IN (SELECT id FROM {s}.jobs
+                                WHERE queue = $1 AND state IN {waiting} AND run_at <= now()
+                                ORDER BY priority, run_at, id LIMIT $2
+                                FOR UPDATE SKIP LOCKED)
+                 RETURNING id, payload, attempt, priority, (extract(epoch FROM run_at) * 1000)::bigint, timeout_ms"
+            )),
+            // Fenced by the attempt: a late end from a rescued attempt
+            // changes nothing.
+            end: t(format!(
+                "UPDATE {s}.jobs AS j SET
+                    state = e.state,
+                    attempt = j.attempt - e.undo::int,
+                    run_at = CASE WHEN e.delay_ms IS NULL THEN j.run_at
+                                  ELSE now() + e.delay_ms * interval '1 millisecond' END,
+                    finished_at = CASE WHEN e.state IN {finished} THEN now() END,
+                    started_at = CASE WHEN e.undo THEN NULL ELSE j.started_at END,
+                    owner = NULL,
+                    errors = CASE WHEN e.error IS NULL THEN j.errors ELSE j.errors ||
+                        jsonb_build_array(jsonb_build_object('attempt', e.attempt, 'at', now(), 'error', e.error)) END
+                   FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::bool[])
+                        AS e(id, attempt, state, error, delay_ms, undo)
+                  WHERE j.id = e.id AND j.attempt = e.attempt AND j.state = 'running'"
+            )),
+            cancel_waiting: t(format!(
+                "UPDATE {s}.jobs SET state = 'cancelled', finished_at = now()
+                  WHERE ($1::bigint IS NULL OR id = $1) AND ($2::text IS NULL OR state = $2)
+                    AND state IN {waiting}"
+            )),
+            cancel_running: t(format!(
+                "UPDATE {s}.jobs SET cancel_requested = true
+                  WHERE ($1::bigint IS NULL OR id = $1) AND ($2::text IS NULL OR state = $2)
+                    AND state = 'running'"
+            )),
+            cancels_asked: t(format!(
+                "SELECT id FROM {s}.jobs WHERE owner = $1 AND state = 'running' AND cancel_requested"
+            )),
+            retry: t(format!(
+                "UPDATE {s}.jobs SET state = 'available', run_at = now(), finished_at = NULL,
+                        max_attempts = greatest(max_attempts, attempt + 1), cancel_requested = false
+                  WHERE ($1::bigint IS NULL OR id = $1) AND ($2::text IS NULL OR state = $2)
+                    AND state IN ('failed', 'cancelled')"
+            )),
+            counts: t(format!(
+                "SELECT queue, state, count(*) FROM {s}.jobs GROUP BY queue, state ORDER BY queue, state"
+            )),
+            jobs: t(format!(
+                "SELECT {ROW} FROM {s}.jobs WHERE $1::text IS NULL OR state = $1 ORDER BY id DESC LIMIT $2"
+            )),
+            oldest_ready: t(format!(
+                "SELECT {ROW} FROM {s}.jobs WHERE state IN {waiting} AND run_at <= now()
+                  ORDER BY run_at, id LIMIT 1"
+            )),
+            prune: t(format!(
+                "WITH gone AS (
+                    SELECT id FROM {s}.jobs
+                     WHERE state IN {finished} AND finished_at < now() - $1 * interval '1 millisecond'
+                     LIMIT 10000)
+                 DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM gone)"
+            )),
+            register: t(format!(
+                "INSERT INTO {s}.owners (host, pid) VALUES ($1, $2) RETURNING id"
+            )),
+            heartbeat: t(format!(
+                "UPDATE {s}.owners SET seen_at = now() WHERE id = $1"
+            )),
+            reregister: t(format!(
+                "INSERT INTO {s}.owners (id, host, pid) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING"
+            )),
+            deregister: t(format!("DELETE FROM {s}.owners WHERE id = $1")),
+            // Takes the lead if nobody holds it, it ran out, or it is ours.
+            lead: t(format!(
+                "INSERT INTO {s}.leader (name, owner, until)
+                 VALUES ('maintenance', $1, now() + $2 * interval '1 millisecond')
+                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                  WHERE {s}.leader.until < now() OR {s}.leader.owner = excluded.owner
+                 RETURNING owner"
+            )),
+            // Owners not seen for a lease are gone; their running jobs go
+            // back to available (or end failed at the crash limit).
+            rescue: t(format!(
+                "WITH gone AS (
+                    DELETE FROM {s}.owners WHERE seen_at < now() - $1 * interval '1 millisecond' RETURNING id)
+                 UPDATE {s}.jobs AS j SET
+                    crashes = crashes + 1,
+                    state = CASE WHEN crashes + 1 >= {CRASH_LIMIT} THEN 'failed' ELSE 'available' END,
+                    finished_at = CASE WHEN crashes + 1 >= {CRASH_LIMIT} THEN now() END,
+                    owner = NULL,
+                    errors = errors || {error_entry}
+                  WHERE state = 'running'
+                    AND (owner IN (SELECT id FROM gone)
+                         OR NOT EXISTS (SELECT 1 FROM {s}.owners o WHERE o.id = j.owner))"
+            )),
+            schedule: t(format!(
+                "WITH due AS (
+                    UPDATE {s}.jobs SET state = 'available'
+                     WHERE state IN ('scheduled', 'retryable') AND run_at <= now()
+                    RETURNING queue)
+                 SELECT DISTINCT queue FROM due"
+            )),
+            // A store closing: what it still holds goes back to available.
+            release_own: t(format!(
+                "UPDATE {s}.jobs SET crashes = crashes + 1, state = 'available', owner = NULL,
+                        errors = errors || {error_entry}
+                  WHERE owner = $1 AND state = 'running'"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        for good in ["workpool", "_x", "jobs_2"] {
+            assert_eq!(Schema::new(good).unwrap().name(), good);
+        }
+        for bad in [
+            "",
+            "Workpool",
+            "2jobs",
+            "a-b",
+            "a\"; DROP TABLE x; --",
+            "pg_catalog",
+            &"x".repeat(49),
+        ] {
+            let e = Schema::new(bad).unwrap_err().to_string();
+            assert!(e.contains("not allowed"), "{bad}: {e}");
+        }
+    }
+}
