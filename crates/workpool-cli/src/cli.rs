@@ -79,7 +79,7 @@ pub enum Command {
     /// Run COMMAND once per input record, N at a time (like `xargs -P` or GNU parallel).
     #[command(after_long_help = RUN_AFTER_HELP, after_help = "See --help for records, output, job log, signals and exit status.")]
     Run(RunArgs),
-    /// Put records in a job store (a SQLite file) for `workpool worker` to run
+    /// Put records in a job store (a SQLite file or PostgreSQL) for `workpool worker` to run
     Enqueue(EnqueueArgs),
     /// Run the jobs of a job store, N at a time, until Ctrl-C (or until none is left)
     #[command(after_long_help = WORKER_AFTER_HELP)]
@@ -92,6 +92,8 @@ pub enum Command {
     Retry(SelectArgs),
     /// Cancel jobs, by ID or by state: waiting ones at once, running ones through their worker
     Cancel(SelectArgs),
+    /// Create or upgrade a PostgreSQL job store's tables (also done when a store is opened)
+    Migrate(DbFlags),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -229,12 +231,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Keep the run in a job store (a SQLite file): each record is stored
-    /// as it is read, and if the run is killed, the same command line again
-    /// continues it (what finished is not run again; what was running runs
-    /// again). Not with -k, --resume or --dry-run
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["keep_order", "resume", "resume_failed", "dry_run"])]
-    pub db: Option<PathBuf>,
+    /// Keep the run in a job store (a SQLite file, or a postgres:// URL):
+    /// each record is stored as it is read, and if the run is killed, the
+    /// same command line again continues it (what finished is not run
+    /// again; what was running runs again). Not with -k, --resume or
+    /// --dry-run
+    #[arg(long, value_name = "FILE|URL", value_parser = crate::db::parse_target, conflicts_with_all = ["keep_order", "resume", "resume_failed", "dry_run"])]
+    pub db: Option<crate::db::Target>,
+
+    /// The PostgreSQL schema of the job store's tables
+    #[arg(long, value_name = "NAME", default_value = crate::db::DEFAULT_SCHEMA, requires = "db")]
+    pub schema: String,
 
     /// The command and its arguments (`--` before it is optional)
     #[arg(value_name = "COMMAND", required = true, num_args = 1.., trailing_var_arg = true)]
@@ -250,12 +257,25 @@ lets running jobs finish (up to --shutdown-timeout) and puts the rest back in
 the store; a second kills them. Exit status: 0, or 1 if a job failed, or 128 +
 the signal's number.";
 
+/// Where a job store is, for every store subcommand.
+#[derive(Debug, Args)]
+pub struct DbFlags {
+    /// The job store: a SQLite file (created if missing, readable by its
+    /// owner only), or a PostgreSQL database as a postgres:// URL (keep its
+    /// password in PGPASSWORD or ~/.pgpass rather than in the URL)
+    #[arg(long, value_name = "FILE|URL", value_parser = crate::db::parse_target)]
+    pub db: crate::db::Target,
+
+    /// The PostgreSQL schema of the job store's tables
+    #[arg(long, value_name = "NAME", default_value = crate::db::DEFAULT_SCHEMA)]
+    pub schema: String,
+}
+
 /// The job store and queue a store subcommand works on.
 #[derive(Debug, Args)]
 pub struct StoreFlags {
-    /// The job store: a SQLite file (created if missing, readable by its owner only)
-    #[arg(long, value_name = "FILE")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub db: DbFlags,
 
     /// The queue within the store
     #[arg(long, value_name = "NAME", default_value = "default")]
@@ -307,6 +327,12 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub exit_when_empty: bool,
 
+    /// How long this worker's claims stay leased without its heartbeat: if
+    /// it dies (or loses the store), its running jobs run again this long
+    /// after (on one machine, SQLite sees a dead process at once)
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub lease: Duration,
+
     /// Start each line of a job's output with its record and a tab
     #[arg(long)]
     pub tag: bool,
@@ -319,9 +345,8 @@ pub struct WorkerArgs {
 /// `workpool status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The job store (a SQLite file)
-    #[arg(long, value_name = "FILE")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub db: DbFlags,
 
     /// Print JSON instead of text
     #[arg(long)]
@@ -331,9 +356,8 @@ pub struct StatusArgs {
 /// `workpool jobs`.
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// The job store (a SQLite file)
-    #[arg(long, value_name = "FILE")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub db: DbFlags,
 
     /// Only jobs in this state (available, scheduled, running, retryable,
     /// completed, failed, cancelled)
@@ -352,9 +376,8 @@ pub struct JobsArgs {
 /// The jobs `workpool retry` or `workpool cancel` acts on.
 #[derive(Debug, Args)]
 pub struct SelectArgs {
-    /// The job store (a SQLite file)
-    #[arg(long, value_name = "FILE")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub db: DbFlags,
 
     /// Every job in this state instead of the IDs given
     #[arg(long, value_name = "STATE", value_parser = parse_state, conflicts_with = "ids", required_unless_present = "ids")]

@@ -3,38 +3,74 @@
 //! as the job's payload; it is never printed, as it may hold secrets.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use workpool::store::sqlite::{JobRow, NewJob, SqliteStore};
+use workpool::store::{JobRow, NewJob};
 
-use crate::cli::{EnqueueArgs, JobsArgs, SelectArgs, StatusArgs};
+use crate::cli::{DbFlags, EnqueueArgs, JobsArgs, SelectArgs, StatusArgs};
+use crate::db::{Open, Store};
 use crate::input::Records;
 use crate::sources;
 
 /// Records per enqueue transaction.
 const ENQUEUE_BATCH: usize = 512;
 
-/// Opens the store at `path` for its queue, or a usage error.
-pub fn open(path: &Path, queue: &str) -> Result<SqliteStore, String> {
-    SqliteStore::options(path)
-        .queue(queue)
-        .open()
-        .map_err(|e| e.to_string())
+/// Opens the store for its queue (a SQLite file is created if missing),
+/// or a usage error.
+pub async fn open(
+    db: &DbFlags,
+    queue: &str,
+    lease: Option<std::time::Duration>,
+) -> Result<Store, String> {
+    Store::open(Open {
+        target: &db.db,
+        queue,
+        schema: &db.schema,
+        create: true,
+        lease,
+    })
+    .await
 }
 
-/// An existing store: the admin subcommands never create one.
-fn open_existing(path: &Path) -> Result<SqliteStore, String> {
-    if !path.exists() {
-        return Err(format!("no job store at {}", path.display()));
-    }
-    open(path, "default")
+/// An existing store: the admin subcommands never create a SQLite file.
+async fn open_existing(db: &DbFlags) -> Result<Store, String> {
+    Store::open(Open {
+        target: &db.db,
+        queue: "default",
+        schema: &db.schema,
+        create: false,
+        lease: None,
+    })
+    .await
+}
+
+/// `workpool migrate`.
+pub async fn migrate(db: DbFlags) -> Result<i32, String> {
+    let crate::db::Target::Postgres(url) = &db.db else {
+        return Err("migrate is for PostgreSQL stores (a SQLite file migrates itself)".into());
+    };
+    let (from, to) = workpool::store::postgres::PgStore::options(url)
+        .schema(&db.schema)
+        .migrate()
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::report::say(&format!(
+        "workpool: schema {} of {} is at version {to}{}\n",
+        db.schema,
+        db.db,
+        if from == to {
+            String::new()
+        } else {
+            format!(" (was {from})")
+        }
+    ));
+    Ok(0)
 }
 
 /// `workpool enqueue`: every non-empty record, in batches, each committed
 /// before the next is read. Returns the exit status.
 pub async fn enqueue(args: EnqueueArgs) -> Result<i32, String> {
-    let store = open(&args.store.db, &args.store.queue)?;
+    let store = open(&args.store.db, &args.store.queue, None).await?;
     let input = sources::open(args.input.as_deref(), "--input")?;
     let mut records = Records::new(input, if args.null { 0 } else { b'\n' });
     let run_at = match (args.at, args.delay) {
@@ -76,10 +112,11 @@ pub async fn enqueue(args: EnqueueArgs) -> Result<i32, String> {
             break;
         }
     }
+    store.close().await?;
     crate::report::say(&format!(
         "workpool: {total} job{} enqueued in {} (queue {})\n",
         if total == 1 { "" } else { "s" },
-        args.store.db.display(),
+        args.store.db.db,
         args.store.queue
     ));
     Ok(0)
@@ -117,11 +154,11 @@ fn last_error(errors: &str) -> String {
 
 /// `workpool status`.
 pub async fn status(args: StatusArgs) -> Result<i32, String> {
-    let store = open_existing(&args.db)?;
-    let err = |e: workpool::store::sqlite::StoreError| e.to_string();
-    let counts = store.counts().await.map_err(err)?;
-    let oldest = store.oldest_ready().await.map_err(err)?;
-    let failed = store.jobs(Some("failed"), 5).await.map_err(err)?;
+    let store = open_existing(&args.db).await?;
+    let counts = store.counts().await?;
+    let oldest = store.oldest_ready().await?;
+    let failed = store.jobs(Some("failed"), 5).await?;
+    store.close().await?;
     let mut out = String::new();
     if args.json {
         let json = serde_json::json!({
@@ -162,11 +199,9 @@ pub async fn status(args: StatusArgs) -> Result<i32, String> {
 
 /// `workpool jobs`.
 pub async fn jobs(args: JobsArgs) -> Result<i32, String> {
-    let store = open_existing(&args.db)?;
-    let rows = store
-        .jobs(args.state.as_deref(), args.limit)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = open_existing(&args.db).await?;
+    let rows = store.jobs(args.state.as_deref(), args.limit).await?;
+    store.close().await?;
     let mut out = String::new();
     if !args.json {
         let _ = writeln!(
@@ -205,8 +240,7 @@ fn row_json(j: &JobRow) -> serde_json::Value {
 
 /// `workpool retry` (`cancel` false) or `workpool cancel` (true).
 pub async fn retry_or_cancel(args: SelectArgs, cancel: bool) -> Result<i32, String> {
-    let store = open_existing(&args.db)?;
-    let err = |e: workpool::store::sqlite::StoreError| e.to_string();
+    let store = open_existing(&args.db).await?;
     let (verb, allowed): (&str, &[&str]) = match cancel {
         true => (
             "cancelled",
@@ -226,21 +260,20 @@ pub async fn retry_or_cancel(args: SelectArgs, cancel: bool) -> Result<i32, Stri
         done = match cancel {
             true => store.cancel_all(state).await,
             false => store.retry_all(state).await,
-        }
-        .map_err(err)?;
+        }?;
     }
     for &id in &args.ids {
         let changed = match cancel {
             true => store.cancel(id).await,
             false => store.retry(id).await,
-        }
-        .map_err(err)?;
+        }?;
         if changed {
             done += 1;
         } else {
             missed.push(id.to_string());
         }
     }
+    store.close().await?;
     crate::report::say(&format!(
         "workpool: {done} job{} {verb}\n",
         if done == 1 { "" } else { "s" }

@@ -6,6 +6,7 @@ mod capture;
 mod cli;
 mod command;
 mod contain;
+mod db;
 mod input;
 mod joblog;
 mod jobstore;
@@ -56,6 +57,7 @@ fn main() {
         cli::Command::Jobs(args) => exit_with(jobstore::jobs(args)),
         cli::Command::Retry(args) => exit_with(jobstore::retry_or_cancel(args, false)),
         cli::Command::Cancel(args) => exit_with(jobstore::retry_or_cancel(args, true)),
+        cli::Command::Migrate(args) => exit_with(jobstore::migrate(args)),
         cli::Command::Completions { shell } => {
             let mut command = <cli::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "workpool", &mut std::io::stdout());

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use workpool::JobId;
-use workpool::store::sqlite::{NewJob, SqliteStore};
+use workpool::store::NewJob;
+
+use crate::db::Store;
 
 use crate::capture::LINE_BUDGET;
 use crate::cli::{HaltWhen, RunArgs};
@@ -36,9 +38,12 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let jobs = run::jobs_of(&args);
     let (template, inputs) = run::open_sources(&args, jobs)?;
     run::check_joblog(&args)?;
-    let db = args.db.clone().expect("run --db");
+    let db = crate::cli::DbFlags {
+        db: args.db.clone().expect("run --db"),
+        schema: args.schema.clone(),
+    };
     let queue = queue_of(&args);
-    let store = crate::jobstore::open(&db, &queue)?;
+    let store = crate::jobstore::open(&db, &queue, None).await?;
     let (joblog, _, _) = run::open_joblog(&args)?;
     let (events, events_rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel();
@@ -57,7 +62,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let (seq, ended) = check_known(&mut inputs, &store, &queue, &events).await?;
     // Jobs already in the file may run here before the reader reaches
     // their records: those are remembered, not reported skipped too.
-    let newest = store.jobs(None, 1).await.map_err(|e| e.to_string())?;
+    let newest = store.jobs(None, 1).await?;
     let finished = crate::worker::Finished {
         up_to: newest.first().map_or(0, |j| j.id),
         ids: Arc::default(),
@@ -65,7 +70,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     let pool = crate::worker::build(
         &args.job,
         jobs,
-        store.clone(),
+        &store,
         state.clone(),
         events.clone(),
         unpack,
@@ -80,7 +85,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
             ended,
             read: state.read_counter(),
         },
-        store,
+        store.clone(),
         queue,
         events.clone(),
         stop_tx,
@@ -103,11 +108,14 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     };
     let report = crate::worker::stop(&pool, &state, &mut signals, &mut interrupted, timeout).await;
     let summary = crate::worker::summarize(&state, &events, reporter, started).await;
+    if let Err(e) = store.close().await {
+        say(&format!("workpool: {e}\n"));
+    }
     let released = report.stats().unstarted;
     if released > 0 || interrupted.is_some() {
         say(&format!(
             "workpool: the run is kept in {}: the same command line continues it\n",
-            db.display()
+            db.db
         ));
     }
     if let Some(Stop::InputFailed(e)) = &first {
@@ -195,11 +203,11 @@ const CHECK_BATCH: usize = 512;
 /// the one stored under its number (the input changed).
 async fn check_known(
     inputs: &mut Jobs,
-    store: &SqliteStore,
+    store: &Store,
     queue: &str,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(u64, bool), String> {
-    let counts = store.counts().await.map_err(|e| e.to_string())?;
+    let counts = store.counts().await?;
     let known: u64 = counts
         .iter()
         .filter(|c| c.queue == queue)
@@ -225,10 +233,7 @@ async fn check_known(
                 }
             }
         }
-        let found = store
-            .enqueue_unique(jobs)
-            .await
-            .map_err(|e| e.to_string())?;
+        let found = store.enqueue_unique(jobs).await?;
         for f in found {
             seq += 1;
             if !f.same_payload {
@@ -248,7 +253,7 @@ async fn check_known(
 /// queue holds nothing that may still run.
 async fn store_records(
     reading: Reading,
-    store: SqliteStore,
+    store: Store,
     queue: String,
     events: mpsc::UnboundedSender<Event>,
     stop: mpsc::UnboundedSender<Stop>,

@@ -69,7 +69,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
     let started = Instant::now();
     let mut signals = run::listen()?;
     let _ = crate::contain::become_subreaper();
-    let store = crate::jobstore::open(&args.store.db, &args.store.queue)?;
+    let store = crate::jobstore::open(&args.store.db, &args.store.queue, Some(args.lease)).await?;
     let jobs = args
         .job
         .jobs
@@ -96,7 +96,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
     let pool = build(
         &args.job,
         jobs,
-        store,
+        &store,
         state.clone(),
         events.clone(),
         one_record,
@@ -129,6 +129,9 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
         }
     };
     let summary = summarize(&state, &events, reporter, started).await;
+    if let Err(e) = store.close().await {
+        say(&format!("workpool: {e}\n"));
+    }
     let released = report.stats().unstarted;
     if released > 0 {
         say(&format!(
@@ -196,7 +199,7 @@ pub(crate) async fn stop(
 pub(crate) fn build(
     flags: &JobFlags,
     jobs: usize,
-    store: workpool::store::sqlite::SqliteStore,
+    store: &crate::db::Store,
     state: Arc<State>,
     events: mpsc::UnboundedSender<Event>,
     unpack: Unpack,
@@ -204,7 +207,7 @@ pub(crate) fn build(
 ) -> Result<Pool<Vec<u8>>, String> {
     if jobs > MAX_WORKERS {
         return Err(format!(
-            "-j {jobs}: at most {MAX_WORKERS} workers run on a job store (each waits on the file from the start)"
+            "-j {jobs}: at most {MAX_WORKERS} workers run on a job store (each waits on it from the start)"
         ));
     }
     let attempts: Attempts = Arc::default();
@@ -212,7 +215,7 @@ pub(crate) fn build(
     let hook_state = state.clone();
     let mut builder = Pool::builder()
         .workers(jobs)
-        .store(store)
+        .store(store.durable())
         .grace(flags.kill_after + Duration::from_secs(2))
         .recent_failures(0)
         .retry(

@@ -470,7 +470,14 @@ async fn prune_deletes_finished_jobs_past_their_age() {
         .enqueue((0..10).map(|i| NewJob::new(vec![i])).collect())
         .await
         .unwrap();
-    pool.shutdown(Duration::from_secs(10)).await;
+    let report = pool.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(report.stats().succeeded, 10, "{report}");
+    assert_eq!(
+        count(&store, "completed").await,
+        10,
+        "{:?}",
+        store.counts().await
+    );
     store.enqueue(vec![NewJob::new("waits")]).await.unwrap();
     assert_eq!(store.prune(Duration::from_secs(3600)).await.unwrap(), 0);
     schema

@@ -94,7 +94,9 @@ where
     } else {
         Lifecycle::HandingBack
     });
-    if !drain {
+    if drain {
+        core.store().look_again();
+    } else {
         core.hand_back_left();
     }
 

@@ -358,6 +358,13 @@ impl<P: Send + 'static> DurableStore<P> {
         }
     }
 
+    /// The database may hold ready jobs this process did not put there:
+    /// count them as possible until a fetch says otherwise.
+    pub(crate) fn look_again(&self) {
+        lock(&self.local).more = true;
+        self.poke.notify_one();
+    }
+
     pub(crate) fn wake_claimers(&self) {
         self.wake.notify_waiters();
         self.poke.notify_one();

@@ -227,6 +227,10 @@ pub(crate) trait Store<P>: Send + Sync + 'static {
         None
     }
 
+    /// A draining shutdown begins: a durable store looks again for what is
+    /// ready, which others may have put there since it last looked.
+    fn look_again(&self) {}
+
     /// A durable store's cancel by ID of a running job: the signal it fires
     /// for a job without a handle (`None` if it has one: the store passes its
     /// cancel on to `handle`'s signal instead).
@@ -445,6 +449,13 @@ impl<P: Send + 'static> Store<P> for AnyStore<P> {
             AnyStore::Memory(_) => 0,
             #[cfg(feature = "_durable")]
             AnyStore::Durable(d) => d.held(),
+        }
+    }
+
+    fn look_again(&self) {
+        #[cfg(feature = "_durable")]
+        if let AnyStore::Durable(d) = self {
+            d.look_again();
         }
     }
 

@@ -235,13 +235,12 @@ impl PgOptions {
     /// As [`migrate`](Self::migrate), and [`PgError::NotMigrated`].
     pub async fn open(self) -> Result<PgStore, PgError> {
         let schema = Schema::new(&self.schema)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(self.connect_options()?)
+        let options = self.connect_options()?;
+        // A connection of its own first: its error says why (a pool's says
+        // only that it timed out).
+        let mut conn = <PgConnection as sqlx::Connection>::connect_with(&options)
             .await
             .map_err(|e| self.connect_error(e))?;
-        let mut conn = pool.acquire().await.map_err(|e| self.connect_error(e))?;
         let found = if self.migrate {
             schema::migrate(&mut conn, &schema).await?;
             schema::VERSION
@@ -266,10 +265,15 @@ impl PgOptions {
         let owner: i64 = sqlx::query_scalar(AssertSqlSafe(sql.register.clone()))
             .bind(tasks::host())
             .bind(std::process::id() as i32)
-            .fetch_one(&mut *conn)
+            .bind(self.lease.as_millis().min(i64::MAX as u128) as i64)
+            .fetch_one(&mut conn)
             .await
             .map_err(PgError::sql)?;
-        drop(conn);
+        let _ = sqlx::Connection::close(conn).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
         Ok(PgStore::start(pool, schema, sql, owner, self))
     }
 }

@@ -78,6 +78,7 @@ const MIGRATIONS: [&str; 1] = ["
         id bigserial PRIMARY KEY,
         host text NOT NULL,
         pid integer NOT NULL,
+        lease_ms bigint NOT NULL,
         started_at timestamptz NOT NULL DEFAULT now(),
         seen_at timestamptz NOT NULL DEFAULT now()
     );
@@ -198,7 +199,7 @@ impl Sql {
         let t = |sql: String| -> Text { Arc::from(sql) };
         let waiting = "('available', 'scheduled', 'retryable')";
         let finished = "('completed', 'failed', 'cancelled')";
-        let error_entry = "jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', $2::text))";
+        let error_entry = "jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', $1::text))";
         Sql {
             // The IDs are drawn first, so that each input row (by its
             // ordinality) knows its own, inserted or not.
@@ -285,28 +286,36 @@ impl Sql {
                  DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM gone)"
             )),
             register: t(format!(
-                "INSERT INTO {s}.owners (host, pid) VALUES ($1, $2) RETURNING id"
+                "INSERT INTO {s}.owners (host, pid, lease_ms) VALUES ($1, $2, $3) RETURNING id"
             )),
             heartbeat: t(format!(
                 "UPDATE {s}.owners SET seen_at = now() WHERE id = $1"
             )),
             reregister: t(format!(
-                "INSERT INTO {s}.owners (id, host, pid) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING"
+                "INSERT INTO {s}.owners (id, host, pid, lease_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING"
             )),
-            deregister: t(format!("DELETE FROM {s}.owners WHERE id = $1")),
-            // Takes the lead if nobody holds it, it ran out, or it is ours.
+            // Its lead too, so that the next process need not wait for it.
+            deregister: t(format!(
+                "WITH led AS (DELETE FROM {s}.leader WHERE owner = $1)
+                 DELETE FROM {s}.owners WHERE id = $1"
+            )),
+            // Takes the lead if nobody holds it, it ran out, its owner is
+            // gone, or it is ours.
             lead: t(format!(
                 "INSERT INTO {s}.leader (name, owner, until)
                  VALUES ('maintenance', $1, now() + $2 * interval '1 millisecond')
                  ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until
                   WHERE {s}.leader.until < now() OR {s}.leader.owner = excluded.owner
+                     OR NOT EXISTS (SELECT 1 FROM {s}.owners o WHERE o.id = {s}.leader.owner)
                  RETURNING owner"
             )),
-            // Owners not seen for a lease are gone; their running jobs go
-            // back to available (or end failed at the crash limit).
+            // Owners not seen for their lease are gone; their running jobs
+            // go back to available (or end failed at the crash limit).
             rescue: t(format!(
                 "WITH gone AS (
-                    DELETE FROM {s}.owners WHERE seen_at < now() - $1 * interval '1 millisecond' RETURNING id)
+                    DELETE FROM {s}.owners WHERE seen_at < now() - lease_ms * interval '1 millisecond'
+                    RETURNING id)
                  UPDATE {s}.jobs AS j SET
                     crashes = crashes + 1,
                     state = CASE WHEN crashes + 1 >= {CRASH_LIMIT} THEN 'failed' ELSE 'available' END,
@@ -315,7 +324,8 @@ impl Sql {
                     errors = errors || {error_entry}
                   WHERE state = 'running'
                     AND (owner IN (SELECT id FROM gone)
-                         OR NOT EXISTS (SELECT 1 FROM {s}.owners o WHERE o.id = j.owner))"
+                         OR NOT EXISTS (SELECT 1 FROM {s}.owners o WHERE o.id = j.owner))
+                 RETURNING queue"
             )),
             schedule: t(format!(
                 "WITH due AS (
@@ -328,7 +338,7 @@ impl Sql {
             release_own: t(format!(
                 "UPDATE {s}.jobs SET crashes = crashes + 1, state = 'available', owner = NULL,
                         errors = errors || {error_entry}
-                  WHERE owner = $1 AND state = 'running'"
+                  WHERE owner = $2 AND state = 'running'"
             )),
         }
     }

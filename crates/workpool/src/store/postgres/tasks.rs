@@ -288,8 +288,8 @@ pub(crate) async fn prune(s: &Shared, age: Duration) -> Result<u64, PgError> {
 /// Releases what this owner still holds and removes its row.
 pub(crate) async fn deregister(s: &Shared) {
     let released = sqlx::query(AssertSqlSafe(s.sql.release_own.clone()))
-        .bind(s.owner)
         .bind("its process stopped")
+        .bind(s.owner)
         .execute(&s.pool)
         .await;
     let removed = sqlx::query(AssertSqlSafe(s.sql.deregister.clone()))
@@ -343,6 +343,7 @@ async fn beat_once(s: &Shared, next_prune: &mut Instant) -> Result<(), sqlx::Err
             .bind(s.owner)
             .bind(host())
             .bind(std::process::id() as i32)
+            .bind(ms(s.options.lease))
             .execute(&s.pool)
             .await?;
     }
@@ -354,15 +355,18 @@ async fn beat_once(s: &Shared, next_prune: &mut Instant) -> Result<(), sqlx::Err
     if lead.is_none() {
         return Ok(());
     }
-    sqlx::query(AssertSqlSafe(s.sql.rescue.clone()))
-        .bind(ms(s.options.lease))
+    let rescued = sqlx::query(AssertSqlSafe(s.sql.rescue.clone()))
         .bind("its lease ran out")
-        .execute(&s.pool)
+        .fetch_all(&s.pool)
         .await?;
     let due = sqlx::query(AssertSqlSafe(s.sql.schedule.clone()))
         .fetch_all(&s.pool)
         .await?;
-    let queues: Vec<String> = due.iter().filter_map(|r| r.try_get(0).ok()).collect();
+    let queues: HashSet<String> = rescued
+        .iter()
+        .chain(&due)
+        .filter_map(|r| r.try_get(0).ok())
+        .collect();
     s.notify_soon(queues.iter().map(String::as_str));
     if let Some(keep) = s.options.retention
         && Instant::now() >= *next_prune
