@@ -171,15 +171,12 @@ mod tests {
 
     #[test]
     fn targets_are_files_or_postgres_urls_and_show_no_password() {
-        let t = parse_target(("postgres://u:pw@h/db")).unwrap();
+        let t = parse_target("postgres://u:pw@h/db").unwrap();
         assert!(matches!(t, Target::Postgres(_)));
         assert_eq!(t.to_string(), "postgres://u:***@h/db");
         assert_eq!(format!("{t:?}"), "postgres://u:***@h/db");
-        assert!(matches!(
-            parse_target(("jobs.db")).unwrap(),
-            Target::File(_)
-        ));
-        let e = parse_target(("mysql://u:pw@h/db")).unwrap_err();
+        assert!(matches!(parse_target("jobs.db").unwrap(), Target::File(_)));
+        let e = parse_target("mysql://u:pw@h/db").unwrap_err();
         assert!(e.contains("only postgres://") && !e.contains("pw"), "{e}");
     }
 }
