@@ -10,6 +10,7 @@ mod pg;
 #[path = "common/proxy.rs"]
 mod proxy;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -487,5 +488,175 @@ async fn prune_deletes_finished_jobs_past_their_age() {
         .await;
     assert_eq!(store.prune(Duration::from_secs(3600)).await.unwrap(), 10);
     assert_eq!(store.jobs(None, 100).await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+/// A pool of `workers` on `store` whose handler counts each job's runs.
+fn recording_pool(
+    store: &PgStore,
+    workers: usize,
+) -> (Pool<Vec<u8>>, Arc<std::sync::Mutex<HashMap<u64, u32>>>) {
+    let runs = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let r = runs.clone();
+    let pool = Pool::builder()
+        .workers(workers)
+        .store(store.clone())
+        .build(move |job: Job<Vec<u8>>, _ctx: JobContext| {
+            *r.lock()
+                .unwrap()
+                .entry(job.id().as_u64().unwrap())
+                .or_insert(0) += 1;
+            async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    (pool, runs)
+}
+
+/// Waits until `n` jobs are completed (by a connection of the test's own),
+/// up to two minutes.
+async fn until_completed(schema: &TestSchema, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut conn = loop {
+        match sqlx::PgConnection::connect(&pg::url()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let sql = format!(
+        "SELECT count(*) FROM {}.jobs WHERE state = 'completed'",
+        schema.name
+    );
+    loop {
+        let done: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(&mut conn)
+            .await;
+        match done {
+            Ok(d) if d >= n => return,
+            Ok(d) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{d} of {n} completed"
+            ),
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "no connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Ok(c) = sqlx::PgConnection::connect(&pg::url()).await {
+                    conn = c;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every one of `ids` ran exactly once.
+fn ran_once_each(ids: &[u64], runs: &HashMap<u64, u32>) {
+    let missing: Vec<_> = ids.iter().filter(|id| !runs.contains_key(id)).collect();
+    assert!(missing.is_empty(), "never ran: {missing:?}");
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_mid_run_loses_nothing_and_runs_nothing_twice() {
+    let schema = schema!("drop");
+    let proxy = Proxy::start(pg::upstream()).await;
+    let store = PgStore::options(&pg::url_via(proxy.port()))
+        .schema(&schema.name)
+        .lease(Duration::from_secs(20))
+        .poll_interval(Duration::from_millis(50))
+        .open()
+        .await
+        .unwrap();
+    let producer = schema.open().await;
+    let ids = producer
+        .enqueue(
+            (0..1500u32)
+                .map(|i| NewJob::new(i.to_le_bytes().to_vec()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let (pool, runs) = recording_pool(&store, 4);
+    for _ in 0..3 {
+        // Mid-run, every connection of the pool's store drops, and for a
+        // while none can be made.
+        let before = runs.lock().unwrap().len();
+        while runs.lock().unwrap().len() < before + 200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.restore();
+    }
+    until_completed(&schema, ids.len() as i64).await;
+    let report = pool.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_clean(), "{report}");
+    ran_once_each(&ids, &runs.lock().unwrap());
+    assert_eq!(count(&producer, "running").await, 0);
+    producer.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_run_loses_nothing() {
+    // It stops every connection to the server: no other test may run.
+    let Some(schema) = TestSchema::alone("restart").await else {
+        return;
+    };
+    let producer = schema.open().await;
+    let mut ids = producer
+        .enqueue(
+            (0..1500u32)
+                .map(|i| NewJob::new(i.to_le_bytes().to_vec()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let store = schema.open().await;
+    let (pool, runs) = recording_pool(&store, 4);
+    while runs.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restart = tokio::process::Command::new("pg_ctlcluster")
+        .args(["15", "main", "restart"])
+        .output()
+        .await;
+    match restart {
+        Ok(out) if out.status.success() => {}
+        other if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and the server cannot be restarted: {other:?}")
+        }
+        other => {
+            eprintln!("skipped: pg_ctlcluster 15 main restart failed: {other:?}");
+            pool.shutdown_without_draining(Duration::from_secs(5)).await;
+            return;
+        }
+    }
+    // Submits go on after the restart: each acknowledged one runs.
+    let mut submitted = 0;
+    while submitted < 100 {
+        match pool.submit(Job::new(vec![1, 2, 3])).await {
+            Ok(h) => {
+                ids.push(h.id().as_u64().unwrap());
+                submitted += 1;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    until_completed(&schema, ids.len() as i64).await;
+    let report = pool.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_clean(), "{report}");
+    let runs = runs.lock().unwrap().clone();
+    let missing: Vec<_> = ids.iter().filter(|id| !runs.contains_key(id)).collect();
+    assert!(missing.is_empty(), "never ran: {missing:?}");
+    let again: u32 = runs.values().map(|n| n - 1).sum();
+    eprintln!(
+        "a server restart: {} jobs, 0 lost, {again} ran again",
+        ids.len()
+    );
+    producer.close().await.unwrap();
     store.close().await.unwrap();
 }

@@ -118,6 +118,7 @@ impl<P: Send + 'static> DurableStore<P> {
             run_at: now_ms(),
             timeout_ms: q.job.timeout.map(|t| t.as_millis() as i64),
             unique_key: None,
+            ticket: q.ticket.map(NonZeroU64::get),
         };
         match self.db.insert(vec![row]).await {
             Ok(found) => {
@@ -257,7 +258,12 @@ impl<P: Send + 'static> DurableStore<P> {
         lock(self.db.running()).insert(row.id, Default::default());
         let mut job = Job::with_id(row.id as u64, payload);
         job.timeout = row.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
-        let ticket = local.tickets.get(&row.id).copied();
+        // The row has the ticket: the enqueue that put it in the map may
+        // not have returned yet.
+        let ticket = row.ticket.and_then(NonZeroU64::new);
+        if let Some(t) = ticket {
+            local.tickets.insert(row.id, t);
+        }
         Some(match row.attempt {
             0 | 1 => Queued::new(job, ticket),
             n => Queued::again(job, ticket, n - 1, None),

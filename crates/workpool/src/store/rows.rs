@@ -24,6 +24,9 @@ pub(crate) struct NewRow {
     pub(crate) run_at: i64,
     pub(crate) timeout_ms: Option<i64>,
     pub(crate) unique_key: Option<String>,
+    /// The ticket of its handle in the enqueuing process, kept in the row
+    /// so that a claim in that process finds it whatever the timing.
+    pub(crate) ticket: Option<u64>,
 }
 
 /// An enqueued job's row; for a unique key already present, the existing
@@ -43,6 +46,8 @@ pub(crate) struct ClaimedRow {
     pub(crate) priority: i32,
     pub(crate) run_at: i64,
     pub(crate) timeout_ms: Option<i64>,
+    /// Its handle's ticket, if this process enqueued it with one.
+    pub(crate) ticket: Option<u64>,
 }
 
 /// How a claimed attempt ended, as the store records it.

@@ -378,6 +378,7 @@ impl PgStore {
             cancels: Notify::new(),
             notify: Notify::new(),
             to_notify: Mutex::new(HashSet::new()),
+            claims: std::sync::atomic::AtomicI64::new(0),
         });
         let ends = tasks::spawn(&shared, &stop);
         PgStore {
@@ -426,6 +427,7 @@ impl PgStore {
                 run_at: j.run_at.map_or(0, ms),
                 timeout_ms: j.timeout.map(|t| t.as_millis() as i64),
                 unique_key: j.unique_key,
+                ticket: None,
             })
             .collect()
     }
@@ -470,7 +472,7 @@ impl PgStore {
         let rows = self.rows(jobs);
         let queues: HashSet<&str> = rows.iter().map(|r| r.queue.as_str()).collect();
         let queues: Vec<String> = queues.into_iter().map(str::to_string).collect();
-        let found = tasks::insert(conn, &self.shared().sql, &rows).await?;
+        let found = tasks::insert(conn, self.shared(), &rows).await?;
         // Sent on commit, not before; dropped by a rollback.
         sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
             .bind(&self.shared().channel)
@@ -484,7 +486,7 @@ impl PgStore {
     pub(crate) async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<Inserted>, PgError> {
         let s = self.shared();
         let mut conn = s.pool.acquire().await.map_err(PgError::sql)?;
-        let found = tasks::insert(&mut conn, &s.sql, &rows).await?;
+        let found = tasks::insert(&mut conn, s, &rows).await?;
         drop(conn);
         s.notify_soon(rows.iter().map(|r| r.queue.as_str()));
         Ok(found)
@@ -492,13 +494,23 @@ impl PgStore {
 
     pub(crate) async fn claim(&self, queue: &str, n: usize) -> Result<Vec<ClaimedRow>, PgError> {
         let s = self.shared();
+        let token = s.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = sqlx::query(AssertSqlSafe(s.sql.claim.clone()))
             .bind(queue)
             .bind(n as i64)
             .bind(s.owner)
+            .bind(token)
             .fetch_all(&s.pool)
-            .await
-            .map_err(PgError::sql)?;
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The claim may have been made with its answer lost: undo
+                // it (written, like the ends, until the database takes it).
+                let _ = self.inner.ends.send(tasks::Write::UndoClaim(token));
+                return Err(PgError::sql(e));
+            }
+        };
         let mut claimed = rows
             .iter()
             .map(|r| {
@@ -509,6 +521,7 @@ impl PgStore {
                     priority: r.try_get(3)?,
                     run_at: r.try_get(4)?,
                     timeout_ms: r.try_get(5)?,
+                    ticket: r.try_get::<Option<i64>, _>(6)?.map(|t| t as u64),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

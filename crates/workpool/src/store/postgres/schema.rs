@@ -61,6 +61,9 @@ const MIGRATIONS: [&str; 1] = ["
         priority integer NOT NULL DEFAULT 0,
         run_at timestamptz NOT NULL DEFAULT now(),
         owner bigint,
+        claim bigint,
+        enqueued_by bigint,
+        ticket bigint,
         timeout_ms bigint,
         unique_key text,
         created_at timestamptz NOT NULL DEFAULT now(),
@@ -187,6 +190,7 @@ pub(crate) struct Sql {
     pub(crate) rescue: Text,
     pub(crate) schedule: Text,
     pub(crate) release_own: Text,
+    pub(crate) undo_claim: Text,
 }
 
 /// How many times a job may be running when its process dies (or its lease
@@ -206,15 +210,18 @@ impl Sql {
             insert: t(format!(
                 "WITH input AS (
                     SELECT nextval('{s}.jobs_id_seq') AS id, i.*
-                      FROM unnest($1::text[], $2::bytea[], $3::int[], $4::int[], $5::bigint[], $6::bigint[], $7::text[])
-                           WITH ORDINALITY AS i(queue, payload, max_attempts, priority, run_at_ms, timeout_ms, unique_key, ord)
+                      FROM unnest($1::text[], $2::bytea[], $3::int[], $4::int[], $5::bigint[], $6::bigint[],
+                                  $7::text[], $8::bigint[])
+                           WITH ORDINALITY AS i(queue, payload, max_attempts, priority, run_at_ms, timeout_ms,
+                                                unique_key, ticket, ord)
                  ), ins AS (
-                    INSERT INTO {s}.jobs (id, queue, payload, state, max_attempts, priority, run_at, timeout_ms, unique_key)
+                    INSERT INTO {s}.jobs (id, queue, payload, state, max_attempts, priority, run_at, timeout_ms,
+                                          unique_key, ticket, enqueued_by)
                     SELECT id, queue, payload,
                            CASE WHEN run_at_ms IS NOT NULL AND to_timestamp(run_at_ms / 1000.0) > now()
                                 THEN 'scheduled' ELSE 'available' END,
                            max_attempts, priority, coalesce(to_timestamp(run_at_ms / 1000.0), now()),
-                           timeout_ms, unique_key
+                           timeout_ms, unique_key, ticket, CASE WHEN ticket IS NOT NULL THEN $9::bigint END
                       FROM input ORDER BY ord
                     ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
                     RETURNING id
@@ -225,12 +232,14 @@ impl Sql {
                 "SELECT id, state, payload = $3 FROM {s}.jobs WHERE queue = $1 AND unique_key = $2"
             )),
             claim: t(format!(
-                "UPDATE {s}.jobs SET state = 'running', attempt = attempt + 1, owner = $3, started_at = now()
+                "UPDATE {s}.jobs SET state = 'running', attempt = attempt + 1, owner = $3, claim = $4,
+                        started_at = now()
                   WHERE id IN (SELECT id FROM {s}.jobs
                                 WHERE queue = $1 AND state IN {waiting} AND run_at <= now()
                                 ORDER BY priority, run_at, id LIMIT $2
                                 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, payload, attempt, priority, (extract(epoch FROM run_at) * 1000)::bigint, timeout_ms"
+                 RETURNING id, payload, attempt, priority, (extract(epoch FROM run_at) * 1000)::bigint, timeout_ms,
+                           CASE WHEN enqueued_by = $3 THEN ticket END"
             )),
             // Fenced by the attempt: a late end from a rescued attempt
             // changes nothing.
@@ -333,6 +342,13 @@ impl Sql {
                      WHERE state IN ('scheduled', 'retryable') AND run_at <= now()
                     RETURNING queue)
                  SELECT DISTINCT queue FROM due"
+            )),
+            // A claim whose answer was lost (the connection dropped): its
+            // jobs never reached a worker, so the claim is undone.
+            undo_claim: t(format!(
+                "UPDATE {s}.jobs SET state = 'available', attempt = attempt - 1, owner = NULL,
+                        claim = NULL, started_at = NULL
+                  WHERE owner = $1 AND claim = $2 AND state = 'running'"
             )),
             // A store closing: what it still holds goes back to available.
             release_own: t(format!(

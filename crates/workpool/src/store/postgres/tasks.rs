@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub(crate) notify: Notify,
     /// Queues the notifier tells of.
     pub(crate) to_notify: Mutex<HashSet<String>>,
+    /// Numbers this process's claims, so that one whose answer was lost
+    /// can be undone.
+    pub(crate) claims: std::sync::atomic::AtomicI64,
 }
 
 impl Shared {
@@ -57,6 +60,8 @@ pub(crate) enum Write {
         end: End,
     },
     CancelWaiting(i64),
+    /// Undoes the claim with this number: its answer never arrived.
+    UndoClaim(i64),
     /// Answered once everything sent before it is written.
     Flush(oneshot::Sender<Result<(), PgError>>),
 }
@@ -103,9 +108,10 @@ pub(crate) fn host() -> String {
 /// Inserts rows; for a unique key already present, finds the job there.
 pub(crate) async fn insert(
     conn: &mut PgConnection,
-    sql: &Sql,
+    s: &Shared,
     rows: &[NewRow],
 ) -> Result<Vec<Inserted>, PgError> {
+    let sql = &s.sql;
     let now = now_ms();
     let mut queue = Vec::with_capacity(rows.len());
     let mut payload = Vec::with_capacity(rows.len());
@@ -114,6 +120,7 @@ pub(crate) async fn insert(
     let mut run_at = Vec::with_capacity(rows.len());
     let mut timeout = Vec::with_capacity(rows.len());
     let mut unique = Vec::with_capacity(rows.len());
+    let mut ticket = Vec::with_capacity(rows.len());
     for r in rows {
         queue.push(r.queue.as_str());
         payload.push(r.payload.as_slice());
@@ -123,6 +130,7 @@ pub(crate) async fn insert(
         run_at.push((r.run_at > now).then_some(r.run_at));
         timeout.push(r.timeout_ms);
         unique.push(r.unique_key.as_deref());
+        ticket.push(r.ticket.map(|t| t as i64));
     }
     let got = sqlx::query(AssertSqlSafe(sql.insert.clone()))
         .bind(queue)
@@ -132,6 +140,8 @@ pub(crate) async fn insert(
         .bind(run_at)
         .bind(timeout)
         .bind(unique)
+        .bind(ticket)
+        .bind(s.owner)
         .fetch_all(&mut *conn)
         .await
         .map_err(PgError::sql)?;
@@ -206,7 +216,12 @@ impl Ends {
 
 /// Writes a batch: the ends in one statement, cancels of waiting jobs in
 /// another, in one transaction.
-async fn write_batch(s: &Shared, ends: &Ends, cancels: &[i64]) -> Result<(), sqlx::Error> {
+async fn write_batch(
+    s: &Shared,
+    ends: &Ends,
+    cancels: &[i64],
+    undo: &[i64],
+) -> Result<(), sqlx::Error> {
     let mut tx = s.pool.begin().await?;
     if !ends.id.is_empty() {
         sqlx::query(AssertSqlSafe(s.sql.end.clone()))
@@ -226,6 +241,13 @@ async fn write_batch(s: &Shared, ends: &Ends, cancels: &[i64]) -> Result<(), sql
             .execute(&mut *tx)
             .await?;
     }
+    for claim in undo {
+        sqlx::query(AssertSqlSafe(s.sql.undo_claim.clone()))
+            .bind(s.owner)
+            .bind(*claim)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await
 }
 
@@ -238,18 +260,20 @@ async fn write_ends(s: std::sync::Arc<Shared>, mut rx: mpsc::UnboundedReceiver<W
     while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
         let mut ends = Ends::default();
         let mut cancels = Vec::new();
+        let mut undo = Vec::new();
         let mut flushes = Vec::new();
         for w in buf.drain(..) {
             match w {
                 Write::End { id, attempt, end } => ends.push(id, attempt, &end),
                 Write::CancelWaiting(id) => cancels.push(id),
+                Write::UndoClaim(claim) => undo.push(claim),
                 Write::Flush(reply) => flushes.push(reply),
             }
         }
         let began = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
-            match write_batch(&s, &ends, &cancels).await {
+            match write_batch(&s, &ends, &cancels, &undo).await {
                 Ok(()) => {
                     flushes.drain(..).for_each(|f| drop(f.send(Ok(()))));
                     break;

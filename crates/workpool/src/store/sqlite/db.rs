@@ -16,7 +16,8 @@ pub(crate) use crate::store::rows::{ClaimedRow, End, Inserted, NewRow, Running, 
 use super::StoreError;
 
 /// The schema, one migration per version; applied in order on open.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
     CREATE TABLE workpool_jobs (
         id INTEGER PRIMARY KEY,
         queue TEXT NOT NULL,
@@ -51,7 +52,13 @@ const MIGRATIONS: [&str; 1] = ["
         start TEXT NOT NULL,
         seen_at INTEGER NOT NULL
     );
-"];
+",
+    // The ticket of a job's handle in the process that enqueued it.
+    "
+    ALTER TABLE workpool_jobs ADD COLUMN ticket INTEGER;
+    ALTER TABLE workpool_jobs ADD COLUMN enqueued_by INTEGER;
+",
+];
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -114,8 +121,10 @@ pub(crate) fn start(settings: Settings) -> Result<mpsc::Sender<Op>, StoreError> 
     })?;
     let mut conn = Connection::open(&path).map_err(fail)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    // Another process opening the file at the same moment may hold it
+    // without SQLite's busy wait applying (setting up or recovering the
+    // WAL): wait for it as `write` does.
+    let mode: String = patiently(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)))
         .map_err(fail)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Open {
@@ -127,9 +136,8 @@ pub(crate) fn start(settings: Settings) -> Result<mpsc::Sender<Op>, StoreError> 
     conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
         .map_err(fail)?;
     if let Some(bytes) = settings.max_size {
-        let page: u64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(fail)?;
+        let page: u64 =
+            patiently(|| conn.query_row("PRAGMA page_size", [], |r| r.get(0))).map_err(fail)?;
         let pages = bytes.div_ceil(page.max(512));
         conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
             .map_err(fail)?;
@@ -196,6 +204,22 @@ fn migrate(conn: &mut Connection) -> Result<(), Migrate> {
     })
     .map_err(Migrate::Sql)?
     .map_or(Ok(()), |v| Err(Migrate::Newer(v)))
+}
+
+/// Runs `f` again while it finds the database busy, with growing pauses,
+/// up to [`BUSY_PATIENCE`].
+fn patiently<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let began = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && began.elapsed() < BUSY_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction, waiting (bounded) while
@@ -540,7 +564,7 @@ fn apply(
     lease: Duration,
 ) -> rusqlite::Result<Value> {
     Ok(match op {
-        Op::Enqueue(rows, _) => Value::Ids(insert(tx, rows)?),
+        Op::Enqueue(rows, _) => Value::Ids(insert(tx, rows, owner)?),
         Op::Claim { queue, n, .. } => Value::Claimed(claim(tx, queue, *n, owner, lease)?),
         Op::End { id, attempt, end } => {
             end_attempt(tx, *id, *attempt, end)?;
@@ -558,12 +582,18 @@ fn apply(
     })
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<Vec<Inserted>> {
+fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[NewRow],
+    owner: i64,
+) -> rusqlite::Result<Vec<Inserted>> {
     let now = now_ms();
     let mut ids = Vec::with_capacity(rows.len());
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO workpool_jobs (queue, payload, state, max_attempts, priority, run_at, timeout_ms, unique_key, created_at)
-         VALUES (?1, ?2, CASE WHEN ?5 > ?8 THEN 'scheduled' ELSE 'available' END, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO workpool_jobs (queue, payload, state, max_attempts, priority, run_at, timeout_ms, unique_key,
+                                    created_at, ticket, enqueued_by)
+         VALUES (?1, ?2, CASE WHEN ?5 > ?8 THEN 'scheduled' ELSE 'available' END, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                 CASE WHEN ?9 IS NOT NULL THEN ?10 END)
          ON CONFLICT DO NOTHING",
     )?;
     for row in rows {
@@ -575,7 +605,9 @@ fn insert(tx: &rusqlite::Transaction<'_>, rows: &[NewRow]) -> rusqlite::Result<V
             row.run_at,
             row.timeout_ms,
             row.unique_key,
-            now
+            now,
+            row.ticket.map(|t| t as i64),
+            owner
         ])?;
         let found = match (inserted, &row.unique_key) {
             (0, Some(key)) => tx
@@ -616,7 +648,8 @@ fn claim(
           WHERE id IN (SELECT id FROM workpool_jobs
                         WHERE queue = ?1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= ?2
                         ORDER BY priority, run_at, id LIMIT ?5)
-         RETURNING id, payload, attempt, priority, run_at, timeout_ms",
+         RETURNING id, payload, attempt, priority, run_at, timeout_ms,
+                   CASE WHEN enqueued_by = ?3 THEN ticket END",
     )?;
     let rows = stmt.query_map(
         params![queue, now, owner, now + lease.as_millis() as i64, n as i64],
@@ -628,6 +661,7 @@ fn claim(
                 priority: r.get(3)?,
                 run_at: r.get(4)?,
                 timeout_ms: r.get(5)?,
+                ticket: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
             })
         },
     )?;
@@ -799,7 +833,34 @@ mod tests {
             run_at: now_ms(),
             timeout_ms: None,
             unique_key: None,
+            ticket: None,
         }
+    }
+
+    #[test]
+    fn a_claim_finds_the_ticket_only_in_the_process_that_enqueued() {
+        let db = open("ticket", Duration::from_secs(30));
+        let other = start(settings(&db.dir, Duration::from_secs(30))).unwrap();
+        let with = |t: u64| NewRow {
+            ticket: Some(t),
+            ..row("t")
+        };
+        db.insert(vec![with(7), with(8)]);
+        let mine = db.claim(1);
+        assert_eq!(mine[0].ticket, Some(7));
+        let (tx, rx) = oneshot::channel();
+        other
+            .send(Op::Claim {
+                queue: "q".into(),
+                n: 1,
+                reply: tx,
+            })
+            .unwrap();
+        let theirs = rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(
+            theirs[0].ticket, None,
+            "another process's ticket means nothing"
+        );
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl SqliteStore {
                 run_at: j.run_at.map_or(now, ms),
                 timeout_ms: j.timeout.map(|t| t.as_millis() as i64),
                 unique_key: j.unique_key,
+                ticket: None,
             })
             .collect();
         let found = self.insert(rows).await?;
