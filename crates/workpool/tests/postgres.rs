@@ -491,11 +491,11 @@ async fn prune_deletes_finished_jobs_past_their_age() {
     store.close().await.unwrap();
 }
 
+/// Runs of each job, by ID.
+type Runs = Arc<std::sync::Mutex<HashMap<u64, u32>>>;
+
 /// A pool of `workers` on `store` whose handler counts each job's runs.
-fn recording_pool(
-    store: &PgStore,
-    workers: usize,
-) -> (Pool<Vec<u8>>, Arc<std::sync::Mutex<HashMap<u64, u32>>>) {
+fn recording_pool(store: &PgStore, workers: usize) -> (Pool<Vec<u8>>, Runs) {
     let runs = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let r = runs.clone();
     let pool = Pool::builder()
