@@ -293,20 +293,23 @@ pub(crate) fn markdown(
     s
 }
 
-/// The chart, the durable store's section (written by
-/// `benchmarks/durable.sh`) and how to reproduce it all.
+/// The chart, the durable stores' sections (written by
+/// `benchmarks/durable.sh` and `benchmarks/pg.sh`) and how to reproduce it
+/// all.
 fn ending(s: &mut String) {
     let _ = writeln!(
         s,
         "## Chart\n\n![ns per job, trivial jobs, by strategy and W](benchmarks/chart.svg)\n"
     );
-    if let Ok(durable) = std::fs::read_to_string("benchmarks/durable-results.md") {
-        let _ = writeln!(s, "{}", durable.trim_end());
-        let _ = writeln!(s);
+    for section in ["benchmarks/durable-results.md", "benchmarks/pg-results.md"] {
+        if let Ok(text) = std::fs::read_to_string(section) {
+            let _ = writeln!(s, "{}", text.trim_end());
+            let _ = writeln!(s);
+        }
     }
     let _ = writeln!(
         s,
-        "## Reproduce\n\n`benchmarks/run.sh` writes this file and the chart (it needs Go: Debian's `golang-go`); `--quick` is CI's smoke run. `benchmarks/instructions.sh` prints instructions per job under callgrind, the stable guard for changes to the hot path. `benchmarks/cli.sh` measures `workpool run` against `xargs -P`, GNU parallel and rust-parallel: [benchmarks/cli-results.md](benchmarks/cli-results.md). `benchmarks/durable.sh` measures the SQLite store against SQLite itself and writes the durable store's section above. What was tried on the hot path, and what it gave: [benchmarks/NOTES.md](benchmarks/NOTES.md)."
+        "## Reproduce\n\n`benchmarks/run.sh` writes this file and the chart (it needs Go: Debian's `golang-go`); `--quick` is CI's smoke run. `benchmarks/instructions.sh` prints instructions per job under callgrind, the stable guard for changes to the hot path. `benchmarks/cli.sh` measures `workpool run` against `xargs -P`, GNU parallel and rust-parallel: [benchmarks/cli-results.md](benchmarks/cli-results.md). `benchmarks/durable.sh` measures the SQLite store against SQLite itself, and `benchmarks/pg.sh` the PostgreSQL store against PostgreSQL itself and riverqueue; each writes its section above. What was tried on the hot path, and what it gave: [benchmarks/NOTES.md](benchmarks/NOTES.md)."
     );
 }
 

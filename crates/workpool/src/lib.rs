@@ -146,10 +146,49 @@
 //!
 //! `examples/durable.rs` runs a durable pool you can kill and restart.
 //!
+//! # Many machines, one queue
+//!
+//! With the `postgres` feature, `store::postgres::PgStore` keeps the jobs in
+//! PostgreSQL, where pools on many machines share them: the same contract,
+//! with claims by `FOR UPDATE SKIP LOCKED`, leases kept alive by each
+//! process's heartbeat, a leader that rescues the jobs of processes whose
+//! lease ran out, `LISTEN`/`NOTIFY` to wake idle workers (polling as the
+//! fallback), and `PgStore::enqueue_in` to enqueue inside your own
+//! transaction.
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use workpool::store::postgres::{NewJob, PgStore};
+//! use workpool::{Job, Pool};
+//!
+//! let store = PgStore::connect("postgres://app@db.internal/app").await?;
+//! let pool: Pool<String> = Pool::builder()
+//!     .workers(16)
+//!     .store(store.clone())
+//!     .build(|job: Job<String>, _ctx| async move {
+//!         println!("sending {}", job.payload());
+//!         Ok::<_, std::io::Error>(())
+//!     })?;
+//! // In the caller's transaction: committed together, or not at all.
+//! let mut tx = store.pool().begin().await?;
+//! store.enqueue_in(&mut tx, vec![NewJob::new("mail to ada")]).await?;
+//! tx.commit().await?;
+//! pool.shutdown(Duration::from_secs(30)).await;
+//! store.close().await?;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "postgres"))]
+//! # fn main() {}
+//! ```
+//!
 //! # Features
 //!
 //! - `sqlite`: the embedded SQLite store (`store::sqlite`), built with its
 //!   own SQLite.
+//! - `postgres`: the PostgreSQL store (`store::postgres`), on sqlx with
+//!   rustls (Rust 1.94 or newer).
 //! - `signal`: `signal::shutdown_on_signal` (SIGINT/SIGTERM → shutdown).
 //! - `metrics`: the counter `workpool_jobs_total{outcome}` and the histogram
 //!   `workpool_job_duration_seconds` through the [`metrics`](https://docs.rs/metrics) facade.

@@ -120,6 +120,7 @@ pub struct PgOptions {
     retention: Option<Duration>,
     max_connections: u32,
     migrate: bool,
+    vacuum: Option<Duration>,
 }
 
 impl fmt::Debug for PgOptions {
@@ -133,6 +134,7 @@ impl fmt::Debug for PgOptions {
             .field("retention", &self.retention)
             .field("max_connections", &self.max_connections)
             .field("migrate", &self.migrate)
+            .field("vacuum", &self.vacuum)
             .finish()
     }
 }
@@ -179,6 +181,16 @@ impl PgOptions {
     /// one listens).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(2);
+        self
+    }
+
+    /// How often the leader vacuums and analyzes the jobs table (default
+    /// every 30 s; `None` leaves it to the server's autovacuum). A queue
+    /// table turns its rows over fast: without vacuuming, claims wade
+    /// through dead index entries and slow down by the minute, and stale
+    /// statistics mislead the planner.
+    pub fn vacuum_every(mut self, every: Option<Duration>) -> Self {
+        self.vacuum = every;
         self
     }
 
@@ -362,6 +374,7 @@ impl PgStore {
             retention: Some(Duration::from_secs(24 * 3600)),
             max_connections: 10,
             migrate: true,
+            vacuum: Some(Duration::from_secs(30)),
         }
     }
 
@@ -379,6 +392,7 @@ impl PgStore {
             notify: Notify::new(),
             to_notify: Mutex::new(HashSet::new()),
             claims: std::sync::atomic::AtomicI64::new(0),
+            vacuuming: std::sync::atomic::AtomicBool::new(false),
         });
         let ends = tasks::spawn(&shared, &stop);
         PgStore {

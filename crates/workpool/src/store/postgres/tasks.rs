@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Numbers this process's claims, so that one whose answer was lost
     /// can be undone.
     pub(crate) claims: std::sync::atomic::AtomicI64,
+    /// A vacuum runs (one at a time).
+    pub(crate) vacuuming: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -132,7 +134,13 @@ pub(crate) async fn insert(
         unique.push(r.unique_key.as_deref());
         ticket.push(r.ticket.map(|t| t as i64));
     }
-    let got = sqlx::query(AssertSqlSafe(sql.insert.clone()))
+    let plain = rows.iter().all(|r| r.unique_key.is_none());
+    let text = if plain {
+        &sql.insert_plain
+    } else {
+        &sql.insert
+    };
+    let got = sqlx::query(AssertSqlSafe(text.clone()))
         .bind(queue)
         .bind(payload)
         .bind(max_attempts)
@@ -145,6 +153,22 @@ pub(crate) async fn insert(
         .fetch_all(&mut *conn)
         .await
         .map_err(PgError::sql)?;
+    if plain {
+        let mut ids = got
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(PgError::sql)?;
+        ids.sort_unstable();
+        return Ok(ids
+            .into_iter()
+            .map(|id| Inserted {
+                id,
+                existing: None,
+                same_payload: true,
+            })
+            .collect());
+    }
     let mut found = Vec::with_capacity(rows.len());
     for (row, r) in got.iter().zip(rows) {
         let id: i64 = row.try_get(0).map_err(PgError::sql)?;
@@ -223,6 +247,11 @@ async fn write_batch(
     undo: &[i64],
 ) -> Result<(), sqlx::Error> {
     let mut tx = s.pool.begin().await?;
+    // A large batch would otherwise be planned as a scan of the whole table
+    // (its dead rows too) against the batch: each row is found by its key.
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await?;
     if !ends.id.is_empty() {
         sqlx::query(AssertSqlSafe(s.sql.end.clone()))
             .bind(&ends.id)
@@ -231,6 +260,7 @@ async fn write_batch(
             .bind(&ends.error)
             .bind(&ends.delay_ms)
             .bind(&ends.undo)
+            .bind(vec!["running"; ends.id.len()])
             .execute(&mut *tx)
             .await?;
     }
@@ -337,11 +367,12 @@ async fn upkeep(s: std::sync::Arc<Shared>, stop: CancellationToken) {
     let mut look = tokio::time::interval(CANCEL_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_prune = Instant::now();
+    let mut next_vacuum = Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = beat.tick() => {
-                if let Err(e) = beat_once(&s, &mut next_prune).await {
+                if let Err(e) = beat_once(&s, &mut next_prune, &mut next_vacuum).await {
                     tracing::warn!(target: "workpool", error = %e, "postgres store: the heartbeat failed; trying again");
                 }
             }
@@ -353,7 +384,11 @@ async fn upkeep(s: std::sync::Arc<Shared>, stop: CancellationToken) {
 
 /// One heartbeat: this owner's row, then the lead and, if this process
 /// has it, rescue, schedule and (now and then) prune.
-async fn beat_once(s: &Shared, next_prune: &mut Instant) -> Result<(), sqlx::Error> {
+async fn beat_once(
+    s: &std::sync::Arc<Shared>,
+    next_prune: &mut Instant,
+    next_vacuum: &mut Instant,
+) -> Result<(), sqlx::Error> {
     let beat = sqlx::query(AssertSqlSafe(s.sql.heartbeat.clone()))
         .bind(s.owner)
         .execute(&s.pool)
@@ -400,7 +435,32 @@ async fn beat_once(s: &Shared, next_prune: &mut Instant) -> Result<(), sqlx::Err
             tracing::warn!(target: "workpool", error = %e, "postgres store: pruning finished jobs failed");
         }
     }
+    if let Some(every) = s.options.vacuum
+        && Instant::now() >= *next_vacuum
+    {
+        *next_vacuum = Instant::now() + every;
+        vacuum(s);
+    }
     Ok(())
+}
+
+/// Vacuums and analyzes the jobs table in a task of its own (the heartbeat
+/// must not wait for it), unless a vacuum still runs.
+fn vacuum(s: &std::sync::Arc<Shared>) {
+    use std::sync::atomic::Ordering;
+    if s.vacuuming.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let s = s.clone();
+    tokio::spawn(async move {
+        let done = sqlx::query(AssertSqlSafe(s.sql.vacuum.clone()))
+            .execute(&s.pool)
+            .await;
+        if let Err(e) = done {
+            tracing::debug!(target: "workpool", error = %e, "postgres store: vacuum failed (the table's owner may vacuum it)");
+        }
+        s.vacuuming.store(false, Ordering::SeqCst);
+    });
 }
 
 /// Fires the cancel signals of this process's running jobs whose cancel
