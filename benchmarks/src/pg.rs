@@ -484,9 +484,9 @@ async fn drop_db(admin: &str) {
 fn report(rows: &[Row], n: usize, rounds: usize, p50: f64, p99: f64) {
     println!("## The PostgreSQL store\n");
     println!(
-        "`benchmarks/pg.sh`: {n} trivial jobs per workload on the machine's PostgreSQL 15 (local, default settings), each cell the median of {rounds} run{}. \
+        "`benchmarks/pg.sh`: {n} trivial jobs per workload on the machine's PostgreSQL 15 (local; its settings, autovacuum off among them), each cell the median of {rounds} run{}. \
          The ceiling is the store's own claim and end statements in a tight loop on one connection with no pool around them (for enqueue, a plain `INSERT … SELECT FROM unnest`). \
-         `riverqueue` {} is River's Rust client with its default batched completion and the fetch settings of its own benchmark (`riverqueue bench`: cooldown 2 ms, poll 20 ms), the same number of workers, the same server, in the same run.\n",
+         `riverqueue` {} is River's Rust client (`insert_many` for enqueue) with its default batched completion and the fetch settings of its own benchmark (`riverqueue bench`: cooldown 2 ms, poll 20 ms), the same number of workers, the same server, in the same run.\n",
         if rounds == 1 { "" } else { "s" },
         RIVER_VERSION,
     );
@@ -507,6 +507,9 @@ fn report(rows: &[Row], n: usize, rounds: usize, p50: f64, p99: f64) {
     }
     println!(
         "\nEnqueue-to-start on an idle pool of 4 workers, each job enqueued by another store (as from another machine) and woken by `LISTEN`/`NOTIFY`: p50 {p50:.2} ms, p99 {p99:.2} ms."
+    );
+    println!(
+        "\nThe ceiling runs claim then end, one after the other, on one connection; the store overlaps claims and batched ends on several, which is how it passes it. Enqueue writes the eight columns of a job where the ceiling writes one array of payloads. A sustained run (`benchmarks/pg.sh --soak 600`) and its figures: RELIABILITY.md."
     );
 }
 
