@@ -293,3 +293,59 @@ async fn three_workers_share_ten_thousand_jobs_through_ten_kills() {
     let schema = schema!("killlong");
     share_and_kill(&schema, 10_000, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_db_keeps_a_run_in_postgres_and_the_same_command_line_runs_nothing_twice() {
+    let schema = schema!("rundb");
+    let dir = Dir::new("rundb");
+    let out_file = dir.0.join("out");
+    let run = || {
+        let mut child = Command::new(BIN)
+            .args([
+                "run",
+                "--db",
+                &url(),
+                "--schema",
+                &schema.name,
+                "-j",
+                "3",
+                "--",
+            ])
+            .args([
+                "sh",
+                "-c",
+                "echo \"$1\" >> \"$0\"",
+                out_file.to_str().unwrap(),
+                "{}",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let records: String = (1..=20).map(|i| format!("{i}\n")).collect();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(records.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let again = run();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let ran = std::fs::read_to_string(&out_file).unwrap();
+    let mut records: Vec<u32> = ran.lines().map(|l| l.parse().unwrap()).collect();
+    records.sort_unstable();
+    assert_eq!(
+        records,
+        (1..=20).collect::<Vec<_>>(),
+        "each record ran once"
+    );
+    assert!(!text(&again.stderr).contains("hunter2"));
+}

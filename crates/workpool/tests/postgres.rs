@@ -660,3 +660,41 @@ async fn a_server_restart_mid_run_loses_nothing() {
     producer.close().await.unwrap();
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_in_the_url_is_honoured() {
+    let schema = schema!("tls");
+    let with = |mode: &str| {
+        let url = pg::url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}sslmode={mode}")
+    };
+    let mut conn = schema.conn().await;
+    let server_ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    if server_ssl != "on" {
+        eprintln!("skipped: the server has ssl = {server_ssl}");
+        return;
+    }
+    // The server has TLS with a certificate no root vouches for: `require`
+    // encrypts without checking it, `verify-full` refuses it.
+    let store = PgStore::options(&with("require"))
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(ssl, "sslmode=require gave a connection without TLS");
+    store.close().await.unwrap();
+    let e = PgStore::options(&with("verify-full"))
+        .schema(&schema.name)
+        .open()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, PgError::Connect { .. }), "{e:?}");
+}
