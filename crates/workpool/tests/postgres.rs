@@ -297,7 +297,9 @@ async fn a_lost_listening_connection_comes_back_and_new_jobs_still_start() {
     for round in 1..=3 {
         // Wait for the listener, then kill its backend.
         let mut conn = schema.conn().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let pid = loop {
+            assert!(tokio::time::Instant::now() < deadline, "no listener");
             let pid: Option<i32> = sqlx::query_scalar(
                 "SELECT pid FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid() LIMIT 1",
             )
@@ -522,7 +524,10 @@ async fn until_completed(schema: &TestSchema, n: i64) {
     let mut conn = loop {
         match sqlx::PgConnection::connect(&pg::url()).await {
             Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     let sql = format!(
@@ -580,11 +585,12 @@ async fn a_dropped_connection_mid_run_loses_nothing_and_runs_nothing_twice() {
         .await
         .unwrap();
     let (pool, runs) = recording_pool(&store, 4);
-    for _ in 0..3 {
+    for at in [300, 700, 1100] {
         // Mid-run, every connection of the pool's store drops, and for a
         // while none can be made.
-        let before = runs.lock().unwrap().len();
-        while runs.lock().unwrap().len() < before + 200 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while runs.lock().unwrap().len() < at {
+            assert!(tokio::time::Instant::now() < deadline, "no progress");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         proxy.cut();
@@ -617,7 +623,9 @@ async fn a_server_restart_mid_run_loses_nothing() {
         .unwrap();
     let store = schema.open().await;
     let (pool, runs) = recording_pool(&store, 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while runs.lock().unwrap().len() < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let restart = tokio::process::Command::new("pg_ctlcluster")
@@ -637,7 +645,12 @@ async fn a_server_restart_mid_run_loses_nothing() {
     }
     // Submits go on after the restart: each acknowledged one runs.
     let mut submitted = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while submitted < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "submits keep failing"
+        );
         match pool.submit(Job::new(vec![1, 2, 3])).await {
             Ok(h) => {
                 ids.push(h.id().as_u64().unwrap());
