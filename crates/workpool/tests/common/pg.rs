@@ -61,7 +61,8 @@ impl TestSchema {
         );
         let connect = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url()));
         match connect.await {
-            Ok(Ok(conn)) => {
+            Ok(Ok(mut conn)) => {
+                drop_left_behind(&mut conn).await;
                 let _ = conn.close().await;
             }
             Ok(Err(e)) if !in_ci() => {
@@ -142,6 +143,26 @@ impl TestSchema {
             .unwrap();
         let _ = c.close().await;
         v
+    }
+}
+
+/// Drops the schemas of test processes that are gone (killed before they
+/// could drop their own): `wpt_{test}_{pid}_{n}`.
+async fn drop_left_behind(conn: &mut PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'wpt\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name.rsplit('_').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE"
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
     }
 }
 
