@@ -229,10 +229,10 @@ pub(crate) fn build(
     builder
         .on_outcome(move |c: &Completion<Vec<u8>, ()>| {
             let kind = c.outcome().kind();
-            run::check_halt(&hook_state, kind);
             let last = lock(&kept).remove(c.id());
             // A job that did not start here went back to the store.
             if kind == OutcomeKind::Unstarted {
+                run::check_halt(&hook_state, kind);
                 return;
             }
             if let (Some(f), Some(id)) = (&finished, c.id().as_u64())
@@ -248,7 +248,10 @@ pub(crate) fn build(
             if let Some(a) = attempted {
                 run::fill_done(&mut done, a);
             }
+            // The job goes to the reporter before a halt it causes stops
+            // the run: the stop must not overtake its output.
             let _ = events.send(Event::Done(Box::new(done)));
+            run::check_halt(&hook_state, kind);
         })
         .build(move |job: Job<Vec<u8>>, ctx: JobContext| {
             let (state, attempts) = (state.clone(), attempts.clone());
