@@ -160,6 +160,14 @@ impl Store {
             Store::Postgres(s) => s.close().await.map_err(|e| e.to_string()),
         }
     }
+
+    /// [`close`](Self::close) at the end of a run: a failure is said, not
+    /// returned (the run's own status stands).
+    pub async fn close_or_say(&self) {
+        if let Err(e) = self.close().await {
+            crate::report::say(&format!("workpool: {e}\n"));
+        }
+    }
 }
 
 /// The schema PostgreSQL stores use unless `--schema` says otherwise.

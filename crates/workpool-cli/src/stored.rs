@@ -108,9 +108,7 @@ pub async fn run(args: RunArgs) -> Result<i32, String> {
     };
     let report = crate::worker::stop(&pool, &state, &mut signals, &mut interrupted, timeout).await;
     let summary = crate::worker::summarize(&state, &events, reporter, started).await;
-    if let Err(e) = store.close().await {
-        say(&format!("workpool: {e}\n"));
-    }
+    store.close_or_say().await;
     let released = report.stats().unstarted;
     if released > 0 || interrupted.is_some() {
         say(&format!(

@@ -129,9 +129,7 @@ pub async fn worker(args: WorkerArgs) -> Result<i32, String> {
         }
     };
     let summary = summarize(&state, &events, reporter, started).await;
-    if let Err(e) = store.close().await {
-        say(&format!("workpool: {e}\n"));
-    }
+    store.close_or_say().await;
     let released = report.stats().unstarted;
     if released > 0 {
         say(&format!(
